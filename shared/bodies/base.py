@@ -1,0 +1,38 @@
+"""The body-model interface every implementation (Anny, SMPL-X) follows.
+
+Shapes are explicit: ``B`` people, ``V`` vertices, ``F`` faces, ``J`` joints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+# Anny's world is Z-up, the body facing -Y with its left at +X; SMPL-X's is Y-up, facing +Z,
+# left at +X. This rotation takes Anny world coordinates to SMPL-X world coordinates.
+ANNY_TO_SMPLX_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+# OpenCV camera (x right, y down, z ahead) looking at a body that stands upright and faces it:
+# rotation from Anny world coordinates to that camera frame (its left shows on the image's right).
+ANNY_TO_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+@dataclass
+class BodyOutput:
+    vertices: torch.Tensor  # (B, V, 3) metres
+    joints: torch.Tensor  # (B, J, 3) metres
+    joint_names: list[str]
+
+
+class BodyModel(Protocol):
+    name: str
+    faces: np.ndarray  # (F, 3) int64 triangles
+
+    @property
+    def vertex_count(self) -> int: ...
+
+    @property
+    def joint_names(self) -> list[str]: ...

@@ -1,0 +1,88 @@
+"""Every knob of bodyserve in one place (environment variables prefixed ``BODYSERVE_``).
+
+The gateway, the workers, the Triton models, the command line and the local stack all read the
+same settings, so a value set once in the environment (or a ``.env`` file) means the same thing
+everywhere.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BODYSERVE_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "data",
+        description="The shared real data (photos, mocap, keypoints2d).",
+    )
+    var_dir: Path = Field(
+        default=REPO_ROOT / "var",
+        description="Runtime state of the local stack: logs, pid files, artifacts.",
+    )
+    artifact_dir: Path | None = Field(
+        default=None, description="Local artifact storage; defaults to <var_dir>/artifacts."
+    )
+    model_repository: Path = REPO_ROOT / "model_repository"
+
+    # --- body models ---------------------------------------------------------------------
+    default_body_model: Literal["anny", "smplx"] = "anny"
+    anny_cache_dir: Path | None = Field(
+        default=None,
+        description="Anny's cache (built once by `bodyserve setup`); defaults to Anny's own.",
+    )
+    smplx_model_path: Path | None = Field(
+        default=None,
+        description="Folder holding SMPLX_NEUTRAL.npz (or .pkl); licensed, supplied by the user.",
+    )
+
+    # --- services -----------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    triton_url: str | None = Field(
+        default=None,
+        description="host:port of Triton's gRPC endpoint; unset runs the models in-process.",
+    )
+    triton_timeout_s: float = 60.0
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+
+    # --- jobs ---------------------------------------------------------------------------
+    result_ttl_s: int = 7 * 24 * 3600
+    job_soft_time_limit_s: int = 120
+    job_hard_time_limit_s: int = 180
+    job_max_retries: int = 3
+    max_wait_s: float = 60.0
+
+    # --- input limits -------------------------------------------------------------------
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_image_side: int = 12_000
+    max_people: int = 16
+
+    # --- pipeline -----------------------------------------------------------------------
+    detection_max_side: int = 1280
+    fit_iterations: int = 60
+    fit_seed: int = 0
+    torch_threads: int = 0  # 0: torch's default
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifact_dir or (self.var_dir / "artifacts")
+
+    @property
+    def photos_dir(self) -> Path:
+        return self.data_dir / "photos"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
