@@ -1,0 +1,235 @@
+"""One job store for every capability: status, progress, result and outcome metrics in Redis.
+
+Keys (``bodyserve:`` prefix):
+
+- ``job:<id>``: hash with id, capability, status, progress, message, error, created/started/
+  finished timestamps, attempts, worker; expires ``result_ttl_s`` after the job ends.
+- ``job:<id>:result``: the JSON result, same expiry.
+- ``job:<id>:lease``: held by the worker running the job, refreshed by a heartbeat; a job whose
+  lease lapsed while its message is still unacknowledged belongs to a dead worker (see
+  ``services.workers.recovery``).
+- ``metrics:jobs``: counters ``<capability>|<outcome>`` and duration sums/buckets, read by the
+  gateway's /metrics so one scrape shows every worker's outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+PREFIX = "bodyserve:"
+DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+LEASE_TTL_S = 10
+HEARTBEAT_S = 3.0
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    capability: str
+    status: JobStatus
+    progress: float
+    message: str
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    options: dict[str, Any]
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Job:
+        def number(key: str) -> float | None:
+            return float(data[key]) if data.get(key) else None
+
+        return cls(
+            id=data["id"],
+            capability=data["capability"],
+            status=JobStatus(data["status"]),
+            progress=float(data.get("progress", 0.0)),
+            message=data.get("message", ""),
+            error=data.get("error") or None,
+            created_at=float(data["created_at"]),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            attempts=int(data.get("attempts", 0)),
+            options=json.loads(data.get("options", "{}")),
+        )
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, result_ttl_s: int) -> None:
+        self.redis = client
+        self.result_ttl_s = result_ttl_s
+
+    @classmethod
+    def from_url(cls, url: str, result_ttl_s: int) -> JobStore:
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
+        )
+        return cls(client, result_ttl_s)
+
+    @staticmethod
+    def key(job_id: str, suffix: str = "") -> str:
+        return f"{PREFIX}job:{job_id}{':' + suffix if suffix else ''}"
+
+    # ------------------------------------------------------------------ life cycle
+    def create(self, capability: str, options: dict[str, Any], job_id: str | None = None) -> Job:
+        job_id = job_id or new_job_id()
+        now = time.time()
+        record = {
+            "id": job_id,
+            "capability": capability,
+            "status": JobStatus.queued.value,
+            "progress": "0",
+            "message": "queued",
+            "created_at": repr(now),
+            "attempts": "0",
+            "options": json.dumps(options),
+        }
+        self.redis.hset(self.key(job_id), mapping=record)
+        return Job.from_hash(record)
+
+    def get(self, job_id: str) -> Job:
+        data = self.redis.hgetall(self.key(job_id))
+        if not data:
+            raise JobNotFound(job_id)
+        return Job.from_hash(data)  # type: ignore[arg-type]
+
+    def start(self, job_id: str, worker: str) -> Job:
+        self.redis.hset(
+            self.key(job_id),
+            mapping={
+                "status": JobStatus.running.value,
+                "started_at": repr(time.time()),
+                "worker": worker,
+                "message": "running",
+            },
+        )
+        self.redis.hincrby(self.key(job_id), "attempts", 1)
+        return self.get(job_id)
+
+    def progress(self, job_id: str, fraction: float, message: str) -> None:
+        self.redis.hset(
+            self.key(job_id), mapping={"progress": f"{fraction:.3f}", "message": message}
+        )
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        self.redis.hset(
+            self.key(job_id), mapping={"status": JobStatus.queued.value, "message": reason}
+        )
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record the outcome once; returns False if the job had already ended."""
+        key = self.key(job_id)
+        now = time.time()
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = pipe.hget(key, "status")
+                    if current is None or JobStatus(current).terminal:
+                        pipe.unwatch()
+                        return False
+                    record = pipe.hgetall(key)
+                    pipe.multi()
+                    if result is not None:
+                        pipe.set(self.key(job_id, "result"), json.dumps(result), ex=self.result_ttl_s)
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "status": status.value,
+                            "finished_at": repr(now),
+                            "progress": "1" if status is JobStatus.succeeded else record.get(
+                                "progress", "0"
+                            ),
+                            "message": status.value,
+                            "error": error or "",
+                        },
+                    )
+                    pipe.expire(key, self.result_ttl_s)
+                    # Wakes up any client waiting on ?wait=SECONDS.
+                    pipe.lpush(self.key(job_id, "done"), status.value)
+                    pipe.expire(self.key(job_id, "done"), 300)
+                    started = float(record.get("started_at") or record["created_at"])
+                    self._count_outcome(pipe, record["capability"], status, now - started)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if not job.status.terminal:
+            self.finish(job_id, JobStatus.cancelled, error="cancelled by the client")
+        return self.get(job_id)
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.key(job_id, "result"))
+        return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ leases
+    def acquire_lease(self, job_id: str, owner: str) -> bool:
+        return bool(self.redis.set(self.key(job_id, "lease"), owner, nx=True, ex=LEASE_TTL_S))
+
+    def refresh_lease(self, job_id: str, owner: str) -> bool:
+        key = self.key(job_id, "lease")
+        if self.redis.get(key) != owner:
+            return False
+        return bool(self.redis.expire(key, LEASE_TTL_S))
+
+    def release_lease(self, job_id: str, owner: str) -> None:
+        key = self.key(job_id, "lease")
+        if self.redis.get(key) == owner:
+            self.redis.delete(key)
+
+    def lease_held(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.key(job_id, "lease")))
+
+    # ------------------------------------------------------------------ metrics
+    def _count_outcome(
+        self, pipe: Any, capability: str, status: JobStatus, duration_s: float
+    ) -> None:
+        metrics = f"{PREFIX}metrics:jobs"
+        label = f"{capability}|{status.value}"
+        pipe.hincrby(metrics, f"count|{label}", 1)
+        pipe.hincrbyfloat(metrics, f"sum|{label}", duration_s)
+        for bound in DURATION_BUCKETS:
+            if duration_s <= bound:
+                pipe.hincrby(metrics, f"bucket|{label}|{bound}", 1)
+
+    def outcome_metrics(self) -> dict[str, str]:
+        return self.redis.hgetall(f"{PREFIX}metrics:jobs")  # type: ignore[return-value]

@@ -1,0 +1,76 @@
+"""Job status, results, artifacts and cancellation: the same routes for every capability."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from services.common.jobs import JobNotFound, JobStatus
+from services.gateway.deps import artifact_store, job_store
+from services.gateway.errors import ApiError
+from services.gateway.jobs_api import job_info
+from services.workers.celery_app import app as celery_app
+from shared.pipeline.mesh_recovery import CONTENT_TYPES
+from shared.schemas import JobInfo
+from shared.storage import ArtifactNotFound, check_job_id, check_name
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _job(job_id: str):
+    try:
+        check_job_id(job_id)
+        return job_store().get(job_id)
+    except (JobNotFound, ValueError) as exc:
+        raise ApiError(404, f"no job with id {job_id!r} (unknown, or its results expired)") from exc
+
+
+@router.get("/{job_id}", response_model=JobInfo, name="get_job")
+def get_job(job_id: str, request: Request) -> JobInfo:
+    return job_info(request, _job(job_id))
+
+
+@router.get("/{job_id}/result", name="get_job_result")
+def get_job_result(job_id: str) -> dict[str, Any]:
+    job = _job(job_id)
+    if job.status is JobStatus.failed:
+        raise ApiError(409, f"the job failed: {job.error}")
+    if job.status is JobStatus.cancelled:
+        raise ApiError(409, "the job was cancelled")
+    if job.status is not JobStatus.succeeded:
+        raise ApiError(409, f"the job is {job.status.value}; poll /v1/jobs/{job_id} until it ends")
+    result = job_store().result(job_id)
+    if result is None:
+        raise ApiError(404, "the job's result has expired")
+    return result
+
+
+@router.get("/{job_id}/artifacts/{name}", name="get_job_artifact")
+def get_job_artifact(job_id: str, name: str) -> Response:
+    job = _job(job_id)
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise ApiError(404, f"no artifact named {name!r}") from exc
+    if name not in CONTENT_TYPES or job.status is not JobStatus.succeeded:
+        raise ApiError(404, f"no artifact named {name!r} for this job")
+    try:
+        data = artifact_store().get(job_id, name)
+    except ArtifactNotFound as exc:
+        raise ApiError(404, f"no artifact named {name!r} for this job (not requested?)") from exc
+    return Response(
+        data,
+        media_type=CONTENT_TYPES[name],
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{name}"'},
+    )
+
+
+@router.delete("/{job_id}", response_model=JobInfo)
+def cancel_job(job_id: str, request: Request) -> JobInfo:
+    job = _job(job_id)
+    if not job.status.terminal:
+        job = job_store().cancel(job_id)
+        celery_app.control.revoke(job_id)
+    return job_info(request, job)

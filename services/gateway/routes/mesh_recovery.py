@@ -1,0 +1,117 @@
+"""POST /v1/mesh-recovery: a photo in, SMPL-X-convention bodies out (as a job)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.deps import artifact_store, job_store, settings
+from services.gateway.errors import ApiError
+from services.gateway.jobs_api import job_info, submit_job, wait_for_job
+from services.workers.tasks.mesh_recovery import UPLOAD_NAME
+from shared.io.images import ImageError, decode_image
+from shared.schemas import DEFAULT_OUTPUTS, JobInfo, MeshRecoveryOptions, MeshRecoveryResult
+from shared.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["mesh recovery"])
+CAPABILITY = "mesh_recovery"
+
+
+async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await upload.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the image is larger than {limit} bytes; send a smaller file")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/mesh-recovery",
+    status_code=202,
+    response_model=JobInfo | MeshRecoveryResult,
+    responses={
+        200: {"model": MeshRecoveryResult, "description": "Finished within ?wait=SECONDS."},
+        202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
+        413: {"description": "Upload or image dimensions over the limits."},
+        415: {"description": "Not an image in a supported format."},
+        422: {"description": "Corrupt image or invalid options."},
+    },
+)
+async def create_mesh_recovery(
+    request: Request,
+    response: Response,
+    image: Annotated[UploadFile, File(description="Photo: JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    body_model: Annotated[str, Form(description="anny (default) or smplx")] = "anny",
+    max_people: Annotated[int, Form(description="1-16")] = 4,
+    outputs: Annotated[
+        str, Form(description="Comma-separated: glb, obj, ply, overlay, npz, json")
+    ] = ",".join(o.value for o in DEFAULT_OUTPUTS),
+    focal_length_px: Annotated[float | None, Form()] = None,
+    iterations: Annotated[int, Form()] = 60,
+    seed: Annotated[int, Form()] = 0,
+    wait: Annotated[
+        float, Query(ge=0, description="Seconds to wait for the result before answering 202.")
+    ] = 0,
+    config: Settings = Depends(settings),
+) -> JSONResponse | JobInfo:
+    try:
+        options = MeshRecoveryOptions(
+            body_model=body_model,  # type: ignore[arg-type]
+            max_people=max_people,
+            outputs=[o.strip() for o in outputs.split(",") if o.strip()],  # type: ignore[misc]
+            focal_length_px=focal_length_px,
+            iterations=iterations,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        raise ApiError(422, _options_message(exc)) from exc
+    if options.body_model == "smplx" and config.smplx_model_path is None:
+        raise ApiError(
+            422,
+            "body_model=smplx needs SMPL-X model files on the server: set "
+            "BODYSERVE_SMPLX_MODEL_PATH, or use body_model=anny (SMPL-X-convention parameters "
+            "are returned either way)",
+        )
+    if options.max_people > config.max_people:
+        raise ApiError(422, f"max_people must be at most {config.max_people}")
+
+    data = await _read_upload(image, config.max_upload_bytes)
+    try:
+        decode_image(
+            data,
+            max_bytes=config.max_upload_bytes,
+            max_pixels=config.max_image_pixels,
+            max_side=config.max_image_side,
+        )
+    except ImageError as exc:
+        raise ApiError(exc.status_code, str(exc)) from exc
+
+    job = await run_in_threadpool(
+        submit_job,
+        CAPABILITY,
+        options.model_dump(mode="json"),
+        uploads={UPLOAD_NAME: data},
+        store=job_store(),
+        artifacts=artifact_store(),
+    )
+    location = str(request.url_for("get_job", job_id=job.id))
+    if wait > 0:
+        finished = await wait_for_job(job.id, min(wait, config.max_wait_s))
+        if finished is not None:
+            return JSONResponse(finished, status_code=200, headers={"Location": location})
+    response.headers["Location"] = location
+    return job_info(request, await run_in_threadpool(job_store().get, job.id))
+
+
+def _options_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "options"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid options: " + "; ".join(parts)

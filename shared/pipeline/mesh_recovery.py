@@ -1,0 +1,274 @@
+"""Mesh recovery from one photo: detect people, fit bodies, express them, export artifacts.
+
+The same function serves the command line (in-process backend), the Celery worker (Triton
+backend when configured) and the benchmarks, so every path runs identical code.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from shared.inference import FitInputs, FitOutputs, InferenceBackend
+from shared.keypoints.formats import PersonKeypoints
+from shared.schemas import (
+    AnnyParams,
+    Camera,
+    MeshRecoveryOptions,
+    MeshRecoveryResult,
+    Output,
+    PersonResult,
+    SmplxParams,
+)
+
+ProgressCallback = Callable[[float, str], None]
+
+# Horizontal-or-vertical field of view assumed for the longer image side when the request
+# gives no focal length: a typical phone/compact camera.
+DEFAULT_FOV_DEG = 50.0
+
+CONTENT_TYPES = {
+    "mesh.glb": "model/gltf-binary",
+    "mesh.obj": "text/plain",
+    "mesh.ply": "application/octet-stream",
+    "overlay.png": "image/png",
+    "params.npz": "application/octet-stream",
+    "result.json": "application/json",
+}
+_ARTIFACT_OF = {
+    Output.glb: "mesh.glb",
+    Output.obj: "mesh.obj",
+    Output.ply: "mesh.ply",
+    Output.overlay: "overlay.png",
+    Output.npz: "params.npz",
+    Output.json: "result.json",
+}
+PERSON_COLOURS = [
+    (0.55, 0.75, 0.95),
+    (0.95, 0.65, 0.45),
+    (0.6, 0.9, 0.6),
+    (0.9, 0.6, 0.85),
+    (0.95, 0.9, 0.5),
+    (0.6, 0.85, 0.85),
+]
+
+
+@dataclass
+class RecoveryOutput:
+    result: MeshRecoveryResult
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    fit: FitOutputs | None = None
+
+
+def default_camera(width: int, height: int, focal_length_px: float | None) -> np.ndarray:
+    focal = focal_length_px or max(width, height) / (2 * math.tan(math.radians(DEFAULT_FOV_DEG) / 2))
+    return np.array([focal, focal, width / 2, height / 2], dtype=np.float32)
+
+
+def fit_inputs(
+    people: list[PersonKeypoints], camera: np.ndarray, options: MeshRecoveryOptions
+) -> FitInputs:
+    hands = np.zeros((len(people), 2, 21, 3), dtype=np.float32)
+    for i, person in enumerate(people):
+        if person.left_hand is not None:
+            hands[i, 0] = person.left_hand
+        if person.right_hand is not None:
+            hands[i, 1] = person.right_hand
+    return FitInputs(
+        body=np.stack([p.body for p in people]).astype(np.float32),
+        hands=hands,
+        camera=np.repeat(camera[None], len(people), 0),
+        iterations=options.iterations,
+        seed=options.seed,
+    )
+
+
+def recover(
+    image: np.ndarray,
+    options: MeshRecoveryOptions,
+    backend: InferenceBackend,
+    progress: ProgressCallback | None = None,
+) -> RecoveryOutput:
+    """Recover every person's body in an RGB uint8 image."""
+    report = progress or (lambda fraction, message: None)
+    height, width = image.shape[:2]
+    camera = default_camera(width, height, options.focal_length_px)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    report(0.05, "detecting people")
+    people = backend.detect(image, options.max_people)
+    timings["detect"] = _ms(started)
+
+    result = MeshRecoveryResult(
+        body_model=options.body_model,
+        image_width=width,
+        image_height=height,
+        camera=Camera(fx=float(camera[0]), fy=float(camera[1]), cx=float(camera[2]), cy=float(camera[3])),
+        people=[],
+    )
+    if not people:
+        result.reason = "no person was detected in the image"
+        result.timings_ms = timings
+        output = RecoveryOutput(result=result)
+        _export(output, image, camera, options)
+        return output
+
+    report(0.3, f"fitting {len(people)} {'person' if len(people) == 1 else 'people'}")
+    started = time.perf_counter()
+    fitted = backend.fit(fit_inputs(people, camera, options))
+    timings["fit"] = _ms(started)
+
+    started = time.perf_counter()
+    smplx = smplx_parameters(fitted)
+    timings["smplx_convention"] = _ms(started)
+    from shared.bodies.anny_model import get_anny
+
+    labels = get_anny().phenotype_labels
+    for i, person in enumerate(people):
+        result.people.append(
+            PersonResult(
+                index=i,
+                bbox=[float(v) for v in person.bbox],
+                detection_score=float(person.score),
+                keypoints_2d=person.body.round(2).tolist(),
+                fitted_keypoints_2d=fitted.keypoints_2d[i].round(2).tolist(),
+                reprojection_error_px=float(fitted.reprojection_error[i]),
+                hands_detected=[
+                    side
+                    for side, hand in (("left", person.left_hand), ("right", person.right_hand))
+                    if hand is not None
+                ],
+                smplx=smplx[i],
+                anny=AnnyParams(
+                    pose=fitted.pose[i].round(5).tolist(),
+                    phenotype={k: float(v) for k, v in zip(labels, fitted.phenotype[i], strict=True)},
+                    transl=fitted.transl[i].tolist(),
+                ),
+            )
+        )
+    report(0.8, "writing outputs")
+    started = time.perf_counter()
+    output = RecoveryOutput(result=result, fit=fitted)
+    _export(output, image, camera, options)
+    timings["export"] = _ms(started)
+    result.timings_ms = timings
+    if Output.json in options.outputs:
+        output.artifacts["result.json"] = result.model_dump_json(indent=1).encode()
+    return output
+
+
+def smplx_parameters(fitted: FitOutputs) -> list[SmplxParams]:
+    """SMPL-X-convention parameters of each fitted Anny body (camera frame)."""
+    import torch
+
+    from shared.bodies.anny_model import get_anny
+    from shared.bodies.smplx_convention import anny_to_smplx
+
+    body = get_anny()
+    pose = torch.as_tensor(fitted.pose)
+    transl = torch.as_tensor(fitted.transl)
+    coeffs = body.blendshape_coefficients(torch.as_tensor(fitted.phenotype))
+    with torch.no_grad():
+        _, poses, rest = body.skeleton(pose, transl, coeffs)
+        params = anny_to_smplx(poses, rest, world_to_frame=torch.eye(3))
+    people = []
+    for i in range(pose.shape[0]):
+        def row(key: str, i: int = i) -> list:
+            return params[key][i].reshape(-1, 3).tolist() if key in params else []
+
+        people.append(
+            SmplxParams(
+                global_orient=params["global_orient"][i].tolist(),
+                body_pose=row("body_pose"),
+                left_hand_pose=row("left_hand_pose"),
+                right_hand_pose=row("right_hand_pose"),
+                jaw_pose=params["jaw_pose"][i].tolist(),
+                leye_pose=params["leye_pose"][i].tolist(),
+                reye_pose=params["reye_pose"][i].tolist(),
+                betas=[0.0] * 10,
+                expression=[0.0] * 10,
+                transl=params["transl"][i].tolist(),
+                pelvis=params["pelvis"][i].tolist(),
+            )
+        )
+    return people
+
+
+def _export(
+    output: RecoveryOutput, image: np.ndarray, camera: np.ndarray, options: MeshRecoveryOptions
+) -> None:
+    from shared.io.exports import export_meshes, export_params_npz
+
+    fitted = output.fit
+    faces = None
+    if fitted is not None:
+        from shared.bodies.anny_model import get_anny
+
+        faces = get_anny().faces
+    meshes = [] if fitted is None else [(v, faces) for v in fitted.vertices]
+    for wanted in options.outputs:
+        name = _ARTIFACT_OF[wanted]
+        if wanted in (Output.glb, Output.obj, Output.ply) and meshes:
+            output.artifacts[name] = export_meshes(meshes, wanted.value)
+        elif wanted is Output.overlay:
+            output.artifacts[name] = _overlay_png(image, meshes, camera)
+        elif wanted is Output.npz and fitted is not None:
+            output.artifacts[name] = export_params_npz(_npz_params(output.result, fitted))
+    output.result.artifacts = {
+        name: CONTENT_TYPES[name] for name in [*output.artifacts, "result.json"]
+        if name in output.artifacts or (name == "result.json" and Output.json in options.outputs)
+    }
+
+
+def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.ndarray]:
+    def stack(key: str) -> np.ndarray:
+        return np.array([getattr(p.smplx, key) for p in result.people], dtype=np.float32).reshape(
+            len(result.people), -1
+        )
+
+    params = {
+        key: stack(key)
+        for key in (
+            "global_orient",
+            "body_pose",
+            "left_hand_pose",
+            "right_hand_pose",
+            "jaw_pose",
+            "leye_pose",
+            "reye_pose",
+            "betas",
+            "expression",
+            "transl",
+        )
+    }
+    params["anny_pose"] = fitted.pose
+    params["anny_phenotype"] = fitted.phenotype
+    params["anny_transl"] = fitted.transl
+    return params
+
+
+def _overlay_png(image: np.ndarray, meshes: list, camera: np.ndarray) -> bytes:
+    from shared.render.overlay import get_renderer
+
+    picture = image
+    if meshes:
+        picture = get_renderer().render_overlay(
+            image,
+            meshes,
+            tuple(float(c) for c in camera),
+            colors=[PERSON_COLOURS[i % len(PERSON_COLOURS)] for i in range(len(meshes))],
+        )
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
