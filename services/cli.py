@@ -109,7 +109,9 @@ def recover(
                 image,
                 options,
                 backend,
-                lambda f, m, step=step: bar.update(step, completed=f, description=f"{photo.name}: {m}"),
+                lambda f, m, step=step, label=photo.name: bar.update(
+                    step, completed=f, description=f"{label}: {m}"
+                ),
             )
             folder = out / photo.stem
             folder.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,9 @@ def submit(
                             body["result"] = client.get(job_url + "/result").json()
                         break
                     if time.perf_counter() - started > timeout:
-                        console.print(f"[red]{photo.name}: still {status['status']} after {timeout} s")
+                        console.print(
+                            f"[red]{photo.name}: still {status['status']} after {timeout} s"
+                        )
                         raise typer.Exit(1)
             if body["status"] != "succeeded":
                 console.print(f"[red]{photo.name}: {body['status']}: {body.get('error')}")

@@ -10,11 +10,30 @@ only ever sees arrays, never Triton.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from shared.keypoints.formats import PersonKeypoints
+
+if TYPE_CHECKING:
+    from shared.fitting.fit import BodyFitter
+    from shared.keypoints.detect import PersonDetector
+
+
+class InferenceUnavailable(RuntimeError):
+    """The inference service could not be reached or could not take the request right now.
+
+    Transient and retryable: the server is down or restarting, a model is (re)loading, the
+    connection dropped, the deadline passed. Callers (the Celery tasks) retry with backoff.
+    """
+
+
+class InferenceError(RuntimeError):
+    """The model ran and rejected or failed the request (bad input, a bug, a NaN...).
+
+    Not retryable: the same request would fail the same way. The message is the server's.
+    """
 
 
 @dataclass
@@ -59,8 +78,19 @@ class InProcessBackend:
     """Runs detection and fitting in this process; models load once, on first use."""
 
     def __init__(self) -> None:
-        self._detector = None
-        self._fitter = None
+        self._detector: PersonDetector | None = None
+        self._fitter: BodyFitter | None = None
+
+    def load(self, detect: bool = True, fit: bool = True) -> None:
+        """Load the models now rather than on first use (Triton ``initialize``, warm-up)."""
+        if detect and self._detector is None:
+            from shared.keypoints.detect import PersonDetector
+
+            self._detector = PersonDetector()
+        if fit and self._fitter is None:
+            from shared.fitting.fit import BodyFitter
+
+            self._fitter = BodyFitter()
 
     def detect(self, image: np.ndarray, max_people: int) -> list[PersonKeypoints]:
         if self._detector is None:

@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     )
     triton_timeout_s: float = 60.0
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
+    gateway_port: int = 8080
+    worker_metrics_port: int | None = Field(
+        default=None, description="Port of a worker's Prometheus endpoint (compose: 9100)."
+    )
 
     # --- jobs ---------------------------------------------------------------------------
     result_ttl_s: int = 7 * 24 * 3600

@@ -167,15 +167,17 @@ class JobStore:
                     record = pipe.hgetall(key)
                     pipe.multi()
                     if result is not None:
-                        pipe.set(self.key(job_id, "result"), json.dumps(result), ex=self.result_ttl_s)
+                        pipe.set(
+                            self.key(job_id, "result"), json.dumps(result), ex=self.result_ttl_s
+                        )
                     pipe.hset(
                         key,
                         mapping={
                             "status": status.value,
                             "finished_at": repr(now),
-                            "progress": "1" if status is JobStatus.succeeded else record.get(
-                                "progress", "0"
-                            ),
+                            "progress": "1"
+                            if status is JobStatus.succeeded
+                            else record.get("progress", "0"),
                             "message": status.value,
                             "error": error or "",
                         },

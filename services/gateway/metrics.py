@@ -31,7 +31,9 @@ LATENCY = Histogram(
     registry=registry,
 )
 JOBS_SUBMITTED = Counter(
-    "bodyserve_jobs_submitted_total", "Jobs accepted, by capability.", ["capability"],
+    "bodyserve_jobs_submitted_total",
+    "Jobs accepted, by capability.",
+    ["capability"],
     registry=registry,
 )
 
@@ -49,11 +51,13 @@ class RedisJobCollector(Collector):
         except redis.RedisError:
             return
         jobs = CounterMetricFamily(
-            "bodyserve_jobs", "Finished jobs by capability and outcome.",
+            "bodyserve_jobs",
+            "Finished jobs by capability and outcome.",
             labels=["capability", "outcome"],
         )
         durations = HistogramMetricFamily(
-            "bodyserve_job_duration_seconds", "Job run time by capability and outcome.",
+            "bodyserve_job_duration_seconds",
+            "Job run time by capability and outcome.",
             labels=["capability", "outcome"],
         )
         labels_seen = sorted({tuple(k.split("|")[1:3]) for k in raw if k.startswith("count|")})

@@ -69,6 +69,13 @@ def _load_models(**_: object) -> None:
 def _start_sweeper(sender: object = None, **_: object) -> None:
     from services.workers.recovery import run_sweeper
 
+    if settings.worker_metrics_port:
+        # Process metrics of the worker; job outcomes are counted in Redis and exported by
+        # the gateway, so that any number of workers adds up in one place.
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0")
+
     name = f"{os.getpid()}@{socket.gethostname()}"
     thread = threading.Thread(
         target=run_sweeper, args=(app, _sweeper_stop, name), name="bodyserve-sweeper", daemon=True

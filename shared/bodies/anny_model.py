@@ -244,8 +244,9 @@ class AnnyBody:
         tips: dict[str, int] = {}
         for side in ("L", "R"):
             for finger in range(1, 6):
-                last, before = self.bone(f"finger{finger}-3.{side}"), self.bone(
-                    f"finger{finger}-2.{side}"
+                last, before = (
+                    self.bone(f"finger{finger}-3.{side}"),
+                    self.bone(f"finger{finger}-2.{side}"),
                 )
                 direction = heads[last] - heads[before]
                 direction = direction / direction.norm()

@@ -42,6 +42,8 @@ _HEADINGS = (0.0, math.pi, math.pi / 2, -math.pi / 2)
 # Leaning towards or away from the camera barely changes the 2D keypoints, so without a prior
 # the fit trades it against body proportions; in-plane lean is visible and left free.
 TILT_WEIGHT = 0.3
+# Robust-loss scale, as a fraction of the person's size in the image, from start to end.
+SIGMA_START, SIGMA_END = 0.4, 0.08
 
 
 class BodyFitter:
@@ -135,14 +137,18 @@ class BodyFitter:
         def mid(points: torch.Tensor, a: str, b: str) -> torch.Tensor:
             return (points[..., idx[a], :] + points[..., idx[b], :]) / 2
 
-        torso_m = (mid(ref, "left_shoulder", "right_shoulder") - mid(ref, "left_hip", "right_hip"))
+        torso_m = mid(ref, "left_shoulder", "right_shoulder") - mid(ref, "left_hip", "right_hip")
         shoulders_m = ref[idx["left_shoulder"]] - ref[idx["right_shoulder"]]
         xy = target[..., :2]
-        torso_px = (mid(xy, "left_shoulder", "right_shoulder") - mid(xy, "left_hip", "right_hip"))
+        torso_px = mid(xy, "left_shoulder", "right_shoulder") - mid(xy, "left_hip", "right_hip")
         shoulders_px = xy[:, idx["left_shoulder"]] - xy[:, idx["right_shoulder"]]
         conf = target[..., 2]
-        has_torso = (conf[:, [idx["left_shoulder"], idx["right_shoulder"], idx["left_hip"],
-                              idx["right_hip"]]] > 0).all(-1)
+        has_torso = (
+            conf[
+                :, [idx["left_shoulder"], idx["right_shoulder"], idx["left_hip"], idx["right_hip"]]
+            ]
+            > 0
+        ).all(-1)
         focal = camera[:, :2].mean(-1)
         depth_torso = focal * torso_m.norm() / torso_px.norm(dim=-1).clamp(min=4.0)
         depth_shoulders = focal * shoulders_m.norm() / shoulders_px.norm(dim=-1).clamp(min=4.0)
@@ -168,20 +174,30 @@ class BodyFitter:
         phenotype_logit = torch.zeros(people, len(body.phenotype_labels), requires_grad=True)
         optimiser = torch.optim.Adam(
             [
-                {"params": [pose], "lr": 0.04},
+                {"params": [pose], "lr": 0.06},
                 {"params": [xy, log_depth], "lr": 0.02},
                 {"params": [phenotype_logit], "lr": 0.05},
             ]
         )
-        for _ in range(inputs.iterations):
+        # Decay to a tenth of the step size by the last iteration: coarse moves, then settling.
+        decay = torch.optim.lr_scheduler.ExponentialLR(
+            optimiser, gamma=0.1 ** (1 / max(inputs.iterations, 1))
+        )
+        for step in range(inputs.iterations):
+            # Anneal the robust loss: far-off limbs are pulled in first, outliers cut off last.
+            progress = step / max(inputs.iterations - 1, 1)
+            sigma = SIGMA_START * (SIGMA_END / SIGMA_START) ** progress
             optimiser.zero_grad()
-            loss, _ = self._full_loss(pose, xy, log_depth, phenotype_logit, target, camera, scale)
+            loss, _ = self._full_loss(
+                pose, xy, log_depth, phenotype_logit, target, camera, scale, sigma
+            )
             loss.sum().backward()
             optimiser.step()
+            decay.step()
 
         with torch.no_grad():
             _, predicted = self._full_loss(
-                pose, xy, log_depth, phenotype_logit, target, camera, scale
+                pose, xy, log_depth, phenotype_logit, target, camera, scale, SIGMA_END
             )
             transl = torch.cat([xy, log_depth.exp()[:, None]], -1)
             phenotype = torch.sigmoid(phenotype_logit)
@@ -207,6 +223,7 @@ class BodyFitter:
         target: torch.Tensor,
         camera: torch.Tensor,
         scale: torch.Tensor,
+        sigma: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         body = self.body
         phenotype = torch.sigmoid(phenotype_logit)
@@ -214,7 +231,7 @@ class BodyFitter:
         transl = torch.cat([xy, log_depth.exp()[:, None]], -1)
         transforms, poses, _ = body.skeleton(pose, transl, coeffs)
         predicted = project(body.fit_keypoints(transforms, coeffs), camera)
-        loss = reprojection_loss(predicted, target, scale)
+        loss = reprojection_loss(predicted, target, scale, sigma)
         loss = loss + 1e-3 * self.limits.regulariser(pose)
         loss = loss + 0.1 * self.limits.penalty(pose)
         loss = loss + 2e-3 * (phenotype - 0.5).square().sum(-1)

@@ -134,6 +134,7 @@ FORMATS: Final[dict[str, tuple[str, ...]]] = {
     "hand21": HAND21,
 }
 
+
 # Left/right pairs, for flipping and for symmetric losses.
 def mirror_index(names: tuple[str, ...]) -> list[int]:
     """Index permutation that swaps every left_* name with its right_* twin."""

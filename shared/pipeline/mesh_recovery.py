@@ -11,6 +11,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +28,10 @@ from shared.schemas import (
     PersonResult,
     SmplxParams,
 )
+from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from shared.bodies.smplx_model import SmplxBody
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -67,7 +73,9 @@ class RecoveryOutput:
 
 
 def default_camera(width: int, height: int, focal_length_px: float | None) -> np.ndarray:
-    focal = focal_length_px or max(width, height) / (2 * math.tan(math.radians(DEFAULT_FOV_DEG) / 2))
+    focal = focal_length_px or max(width, height) / (
+        2 * math.tan(math.radians(DEFAULT_FOV_DEG) / 2)
+    )
     return np.array([focal, focal, width / 2, height / 2], dtype=np.float32)
 
 
@@ -110,14 +118,16 @@ def recover(
         body_model=options.body_model,
         image_width=width,
         image_height=height,
-        camera=Camera(fx=float(camera[0]), fy=float(camera[1]), cx=float(camera[2]), cy=float(camera[3])),
+        camera=Camera(
+            fx=float(camera[0]), fy=float(camera[1]), cx=float(camera[2]), cy=float(camera[3])
+        ),
         people=[],
     )
     if not people:
         result.reason = "no person was detected in the image"
         result.timings_ms = timings
         output = RecoveryOutput(result=result)
-        _export(output, image, camera, options)
+        _export(output, image, camera, options, [])
         return output
 
     report(0.3, f"fitting {len(people)} {'person' if len(people) == 1 else 'people'}")
@@ -126,7 +136,9 @@ def recover(
     timings["fit"] = _ms(started)
 
     started = time.perf_counter()
-    smplx = smplx_parameters(fitted)
+    smplx_body = get_smplx_body() if options.body_model == "smplx" else None
+    j0 = smplx_body.pelvis_rest() if smplx_body is not None else None
+    smplx = smplx_parameters(fitted, j0)
     timings["smplx_convention"] = _ms(started)
     from shared.bodies.anny_model import get_anny
 
@@ -148,7 +160,9 @@ def recover(
                 smplx=smplx[i],
                 anny=AnnyParams(
                     pose=fitted.pose[i].round(5).tolist(),
-                    phenotype={k: float(v) for k, v in zip(labels, fitted.phenotype[i], strict=True)},
+                    phenotype={
+                        k: float(v) for k, v in zip(labels, fitted.phenotype[i], strict=True)
+                    },
                     transl=fitted.transl[i].tolist(),
                 ),
             )
@@ -156,7 +170,8 @@ def recover(
     report(0.8, "writing outputs")
     started = time.perf_counter()
     output = RecoveryOutput(result=result, fit=fitted)
-    _export(output, image, camera, options)
+    meshes = _anny_meshes(fitted) if smplx_body is None else _smplx_meshes(smplx_body, result)
+    _export(output, image, camera, options, meshes)
     timings["export"] = _ms(started)
     result.timings_ms = timings
     if Output.json in options.outputs:
@@ -164,7 +179,52 @@ def recover(
     return output
 
 
-def smplx_parameters(fitted: FitOutputs) -> list[SmplxParams]:
+@lru_cache(maxsize=1)
+def get_smplx_body() -> SmplxBody:
+    """The user's SMPL-X model (BODYSERVE_SMPLX_MODEL_PATH), loaded once per process."""
+    from shared.bodies.smplx_model import SmplxBody
+
+    path = get_settings().smplx_model_path
+    if path is None:
+        raise ValueError("body_model=smplx needs BODYSERVE_SMPLX_MODEL_PATH to be set")
+    return SmplxBody(path)
+
+
+def _anny_meshes(fitted: FitOutputs) -> list[tuple[np.ndarray, np.ndarray]]:
+    from shared.bodies.anny_model import get_anny
+
+    faces = get_anny().faces
+    return [(v, faces) for v in fitted.vertices]
+
+
+def _smplx_meshes(
+    body: SmplxBody, result: MeshRecoveryResult
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The user's SMPL-X model posed by the SMPL-X-convention parameters of each person."""
+    import torch
+
+    keys = (
+        "global_orient",
+        "body_pose",
+        "left_hand_pose",
+        "right_hand_pose",
+        "jaw_pose",
+        "leye_pose",
+        "reye_pose",
+        "transl",
+    )
+    params = {
+        key: torch.tensor(
+            [np.ravel(getattr(p.smplx, key)) for p in result.people], dtype=torch.float32
+        )
+        for key in keys
+    }
+    with torch.no_grad():
+        vertices = body(params).vertices.numpy()
+    return [(v, body.faces) for v in vertices]
+
+
+def smplx_parameters(fitted: FitOutputs, j0: Any = None) -> list[SmplxParams]:
     """SMPL-X-convention parameters of each fitted Anny body (camera frame)."""
     import torch
 
@@ -177,9 +237,10 @@ def smplx_parameters(fitted: FitOutputs) -> list[SmplxParams]:
     coeffs = body.blendshape_coefficients(torch.as_tensor(fitted.phenotype))
     with torch.no_grad():
         _, poses, rest = body.skeleton(pose, transl, coeffs)
-        params = anny_to_smplx(poses, rest, world_to_frame=torch.eye(3))
+        params = anny_to_smplx(poses, rest, world_to_frame=torch.eye(3), j0=j0)
     people = []
     for i in range(pose.shape[0]):
+
         def row(key: str, i: int = i) -> list:
             return params[key][i].reshape(-1, 3).tolist() if key in params else []
 
@@ -202,17 +263,15 @@ def smplx_parameters(fitted: FitOutputs) -> list[SmplxParams]:
 
 
 def _export(
-    output: RecoveryOutput, image: np.ndarray, camera: np.ndarray, options: MeshRecoveryOptions
+    output: RecoveryOutput,
+    image: np.ndarray,
+    camera: np.ndarray,
+    options: MeshRecoveryOptions,
+    meshes: list[tuple[np.ndarray, np.ndarray]],
 ) -> None:
     from shared.io.exports import export_meshes, export_params_npz
 
     fitted = output.fit
-    faces = None
-    if fitted is not None:
-        from shared.bodies.anny_model import get_anny
-
-        faces = get_anny().faces
-    meshes = [] if fitted is None else [(v, faces) for v in fitted.vertices]
     for wanted in options.outputs:
         name = _ARTIFACT_OF[wanted]
         if wanted in (Output.glb, Output.obj, Output.ply) and meshes:
@@ -222,7 +281,8 @@ def _export(
         elif wanted is Output.npz and fitted is not None:
             output.artifacts[name] = export_params_npz(_npz_params(output.result, fitted))
     output.result.artifacts = {
-        name: CONTENT_TYPES[name] for name in [*output.artifacts, "result.json"]
+        name: CONTENT_TYPES[name]
+        for name in [*output.artifacts, "result.json"]
         if name in output.artifacts or (name == "result.json" and Output.json in options.outputs)
     }
 

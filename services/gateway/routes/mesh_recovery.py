@@ -19,6 +19,13 @@ from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["mesh recovery"])
 CAPABILITY = "mesh_recovery"
+IMAGE_ERROR_STATUS = {
+    "empty_upload": 422,
+    "upload_too_large": 413,
+    "image_too_large": 413,
+    "unsupported_format": 415,
+    "corrupt_image": 422,
+}
 
 
 async def _read_upload(upload: UploadFile, limit: int) -> bytes:
@@ -90,7 +97,7 @@ async def create_mesh_recovery(
             max_side=config.max_image_side,
         )
     except ImageError as exc:
-        raise ApiError(exc.status_code, str(exc)) from exc
+        raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 422), str(exc)) from exc
 
     job = await run_in_threadpool(
         submit_job,

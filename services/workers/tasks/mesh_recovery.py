@@ -106,7 +106,8 @@ def mesh_recovery(self: Task, job_id: str) -> str:
         store.finish(
             job_id,
             JobStatus.failed,
-            error=f"the job took longer than {get_settings().job_soft_time_limit_s} s and was stopped",
+            error=f"the job took longer than {get_settings().job_soft_time_limit_s} s "
+            "and was stopped",
         )
         return "failed"
     except JobCancelled:

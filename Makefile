@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make demo   set up, start the local stack, recover the bodies in a real photo
+#   make test   set up, run every test (unit + integration on the real stack)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PHOTO ?= ../shared/data/photos/codait_yogait_t6.jpg
+OUT ?= out
+
+.PHONY: setup demo test test-unit lint bench down clean
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	$(BIN)/bodyserve stack up
+	$(BIN)/bodyserve submit $(PHOTO) -o $(OUT)
+	@echo "The stack is still running: try the curl examples in README.md; stop it with 'make down'."
+
+test: setup
+	$(BIN)/python -m pytest -q -rs
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -rs tests/unit
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy shared services
+
+bench: setup
+	$(BIN)/python bench/mesh_recovery.py --data ../shared/data/photos --json $(OUT)/bench_mesh_recovery.json
+
+down:
+	$(BIN)/bodyserve stack down
+
+clean: down
+	rm -rf var $(OUT)

@@ -1,0 +1,296 @@
+"""The Triton client side of :class:`shared.inference.InferenceBackend`.
+
+:class:`TritonBackend` sends detection and fitting to the ``keypoints_2d`` and ``body_fit``
+models of ``model_repository/`` over gRPC and converts the tensors back to the domain types
+(:class:`PersonKeypoints`, :class:`FitOutputs`), so the pipeline never sees Triton.
+
+Errors:
+
+- server down, connection refused or dropped, deadline exceeded, model (re)loading or not
+  ready: :class:`shared.inference.InferenceUnavailable` (transient, retry later);
+- anything the model itself rejected or raised: :class:`shared.inference.InferenceError`
+  with the server's message (not retryable).
+
+One gRPC client per process and URL, created lazily and reused; a forked child (Celery's
+prefork pool) makes its own, since gRPC channels do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from shared.inference import (
+    FitInputs,
+    FitOutputs,
+    InferenceBackend,
+    InferenceError,
+    InferenceUnavailable,
+    InProcessBackend,
+)
+from shared.keypoints.formats import PersonKeypoints
+from shared.settings import Settings, get_settings
+
+KEYPOINTS_MODEL = "keypoints_2d"
+FIT_MODEL = "body_fit"
+FIT_MAX_BATCH = 32  # body_fit's max_batch_size; read from the server when it can be
+
+FIT_OUTPUTS: dict[str, str] = {
+    "POSE": "pose",
+    "PHENOTYPE": "phenotype",
+    "TRANSL": "transl",
+    "GLOBAL_ORIENT": "global_orient",
+    "VERTICES": "vertices",
+    "JOINTS": "joints",
+    "KEYPOINTS_2D": "keypoints_2d",
+    "REPROJECTION_ERROR": "reprojection_error",
+}
+DETECT_OUTPUTS = ("COUNT", "BODY", "HANDS", "HAND_PRESENT", "BBOX", "SCORE")
+
+# gRPC status codes that mean "not now" rather than "never".
+_TRANSIENT_STATUS = {
+    "StatusCode.UNAVAILABLE",
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.CANCELLED",
+    "StatusCode.ABORTED",
+}
+# Triton's messages for a model that is loading, unloading or absent during a hot reload.
+_TRANSIENT_MESSAGES = (
+    "is not ready",
+    "unavailable",
+    "is not found",
+    "failed to connect",
+    "connection refused",
+    "socket closed",
+    "deadline exceeded",
+    "stub process is not healthy",  # the python backend restarts a crashed stub
+)
+
+_clients: dict[tuple[int, str], grpcclient.InferenceServerClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in ("grpc://", "http://", "https://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :]
+    return url
+
+
+def get_client(url: str) -> grpcclient.InferenceServerClient:
+    """This process's gRPC client for ``url`` (``host:port``), created on first use."""
+    key = (os.getpid(), _strip_scheme(url))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            for stale in [k for k in _clients if k[0] != key[0]]:
+                del _clients[stale]  # inherited through fork: never use, never close
+            client = grpcclient.InferenceServerClient(key[1])
+            _clients[key] = client
+        return client
+
+
+def _is_transient(exc: InferenceServerException) -> bool:
+    status = str(exc.status() or "")
+    if status in _TRANSIENT_STATUS:
+        return True
+    message = (exc.message() or str(exc)).lower()
+    return any(marker in message for marker in _TRANSIENT_MESSAGES)
+
+
+def translate_error(exc: InferenceServerException, model: str) -> Exception:
+    """:class:`InferenceUnavailable` for transient failures, :class:`InferenceError` else."""
+    message = exc.message() or str(exc)
+    if _is_transient(exc):
+        return InferenceUnavailable(f"Triton {model}: {message}")
+    return InferenceError(f"Triton {model}: {message}")
+
+
+class TritonBackend:
+    """:class:`InferenceBackend` served by Triton (gRPC at ``url``, ``host:port``)."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 60.0,
+        *,
+        keypoints_model: str = KEYPOINTS_MODEL,
+        fit_model: str = FIT_MODEL,
+        model_version: str = "",
+    ) -> None:
+        self.url = _strip_scheme(url)
+        self.timeout_s = timeout_s
+        self.keypoints_model = keypoints_model
+        self.fit_model = fit_model
+        self.model_version = model_version  # "": Triton's version policy (latest)
+        self._fit_max_batch: int | None = None
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        return get_client(self.url)
+
+    def _infer(
+        self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = self.client.infer(
+                model,
+                inputs,
+                model_version=self.model_version,
+                outputs=requested,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise translate_error(exc, model) from exc
+        # Copies: as_numpy() views the response buffer read-only; the in-process backend's
+        # arrays are writable, and callers may rely on that.
+        return {name: np.array(result.as_numpy(name)) for name in outputs}
+
+    # --- detection ------------------------------------------------------------------------
+
+    def detect(self, image: np.ndarray, max_people: int) -> list[PersonKeypoints]:
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an RGB (H, W, 3) image, got shape {image.shape}")
+        if max_people <= 0:
+            return []
+        tensors = [
+            _input("IMAGE", image[None]),
+            _input("MAX_PEOPLE", np.array([[max_people]], np.int32)),
+        ]
+        out = self._infer(self.keypoints_model, tensors, DETECT_OUTPUTS)
+        return unpack_people(out)[0]
+
+    # --- fitting --------------------------------------------------------------------------
+
+    def fit(self, inputs: FitInputs) -> FitOutputs:
+        people = len(inputs.body)
+        if people == 0:
+            return _empty_fit()
+        step = self._max_fit_batch()
+        parts = [self._fit_chunk(inputs, start, start + step) for start in range(0, people, step)]
+        if len(parts) == 1:
+            return parts[0]
+        return FitOutputs(
+            **{
+                field: np.concatenate([getattr(p, field) for p in parts])
+                for field in FIT_OUTPUTS.values()
+            }
+        )
+
+    def _fit_chunk(self, inputs: FitInputs, start: int, stop: int) -> FitOutputs:
+        body = np.asarray(inputs.body[start:stop], np.float32)
+        count = len(body)
+        tensors = [
+            _input("BODY", body),
+            _input("HANDS", np.asarray(inputs.hands[start:stop], np.float32)),
+            _input("CAMERA", np.asarray(inputs.camera[start:stop], np.float32)),
+            _input("ITERATIONS", np.full((count, 1), inputs.iterations, np.int32)),
+            _input("SEED", np.full((count, 1), inputs.seed, np.int64)),
+        ]
+        out = self._infer(self.fit_model, tensors, tuple(FIT_OUTPUTS))
+        fields = {FIT_OUTPUTS[name]: value for name, value in out.items()}
+        fields["reprojection_error"] = fields["reprojection_error"].reshape(count)
+        return FitOutputs(**fields)
+
+    def _max_fit_batch(self) -> int:
+        if self._fit_max_batch is None:
+            try:
+                config = self.client.get_model_config(
+                    self.fit_model, self.model_version, as_json=True, client_timeout=self.timeout_s
+                )
+                self._fit_max_batch = (
+                    int(config["config"].get("max_batch_size", 0)) or FIT_MAX_BATCH
+                )
+            except InferenceServerException as exc:
+                raise translate_error(exc, self.fit_model) from exc
+        return self._fit_max_batch
+
+
+def _input(name: str, array: np.ndarray) -> grpcclient.InferInput:
+    dtype = {
+        np.dtype(np.uint8): "UINT8",
+        np.dtype(np.int32): "INT32",
+        np.dtype(np.int64): "INT64",
+        np.dtype(np.float32): "FP32",
+    }[array.dtype]
+    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(np.ascontiguousarray(array))
+    return tensor
+
+
+def unpack_people(out: dict[str, Any]) -> list[list[PersonKeypoints]]:
+    """``keypoints_2d`` outputs (batch of images) back to :class:`PersonKeypoints` lists."""
+    images = []
+    for n in range(len(out["COUNT"])):
+        people = []
+        for i in range(int(out["COUNT"][n].reshape(-1)[0])):
+            hands = out["HANDS"][n, i].astype(np.float32)
+            present = out["HAND_PRESENT"][n, i]
+            people.append(
+                PersonKeypoints(
+                    bbox=out["BBOX"][n, i].astype(np.float32),
+                    score=float(out["SCORE"][n, i]),
+                    body=out["BODY"][n, i].astype(np.float32),
+                    left_hand=hands[0] if present[0] else None,
+                    right_hand=hands[1] if present[1] else None,
+                )
+            )
+        images.append(people)
+    return images
+
+
+def _empty_fit() -> FitOutputs:
+    """No people: empty arrays (J and V are unknown without a person, so 0)."""
+    return FitOutputs(
+        pose=np.zeros((0, 0, 3), np.float32),
+        phenotype=np.zeros((0, 6), np.float32),
+        transl=np.zeros((0, 3), np.float32),
+        global_orient=np.zeros((0, 3), np.float32),
+        vertices=np.zeros((0, 0, 3), np.float32),
+        joints=np.zeros((0, 0, 3), np.float32),
+        keypoints_2d=np.zeros((0, 33, 2), np.float32),
+        reprojection_error=np.zeros((0,), np.float32),
+    )
+
+
+_backends: dict[tuple[int, str | None], InferenceBackend] = {}
+_backends_lock = threading.Lock()
+
+
+def get_backend(settings: Settings | None = None) -> InferenceBackend:
+    """This process's backend: Triton when ``settings.triton_url`` is set, else in-process.
+
+    Cached per process and URL, so the in-process models load once per worker process.
+    """
+    settings = settings or get_settings()
+    key = (os.getpid(), settings.triton_url)
+    with _backends_lock:
+        backend = _backends.get(key)
+        if backend is None:
+            if settings.triton_url:
+                backend = TritonBackend(settings.triton_url, settings.triton_timeout_s)
+            else:
+                backend = InProcessBackend()
+            _backends[key] = backend
+        return backend
+
+
+def triton_ready(
+    url: str, models: tuple[str, ...] = (KEYPOINTS_MODEL, FIT_MODEL), timeout_s: float = 2.0
+) -> bool:
+    """True when Triton at ``url`` is ready and serves every model in ``models`` (never raises)."""
+    try:
+        client = get_client(url)
+        if not client.is_server_ready(client_timeout=timeout_s):
+            return False
+        return all(client.is_model_ready(m, client_timeout=timeout_s) for m in models)
+    except Exception:
+        return False
