@@ -57,12 +57,12 @@ def assert_error(reply: httpx.Response, status: int, *words: str) -> None:
 
 
 def test_not_an_image(client: httpx.Client) -> None:
-    assert_error(post(client, b"hello, this is text", "notes.txt"), 415, "format")
+    assert_error(post(client, b"hello, this is text", "notes.txt"), 415, "not an image", "jpeg")
 
 
 def test_corrupt_image(client: httpx.Client, photos_dir: Path) -> None:
     data = (photos_dir / "codait_yogait_t5.jpg").read_bytes()
-    assert_error(post(client, data[: len(data) // 3], "cut.jpg"), 422, "corrupt")
+    assert_error(post(client, data[: len(data) // 3], "cut.jpg"), 422, "damaged")
 
 
 def test_empty_upload(client: httpx.Client) -> None:
