@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.settings import get_settings
@@ -88,7 +88,7 @@ def recover(
     settings = get_settings()
     options = MeshRecoveryOptions(
         max_people=max_people,
-        outputs=[o.strip() for o in outputs.split(",")],  # type: ignore[misc]
+        outputs=[o.strip() for o in outputs.split(",")],
         iterations=iterations,
         seed=seed,
     )
@@ -105,14 +105,13 @@ def recover(
                 max_pixels=settings.max_image_pixels,
                 max_side=settings.max_image_side,
             )
-            output = run(
-                image,
-                options,
-                backend,
-                lambda f, m, step=step, label=photo.name: bar.update(
-                    step, completed=f, description=f"{label}: {m}"
-                ),
-            )
+
+            def report(
+                fraction: float, message: str, step: TaskID = step, label: str = photo.name
+            ) -> None:
+                bar.update(step, completed=fraction, description=f"{label}: {message}")
+
+            output = run(image, options, backend, report)
             folder = out / photo.stem
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in output.artifacts.items():
@@ -178,7 +177,7 @@ def submit(
             _print_people(photo.name, result, folder)
 
 
-def _fail(photo: Path, reply) -> int:  # type: ignore[no-untyped-def]
+def _fail(photo: Path, reply: Any) -> int:
     console.print(f"[red]{photo.name}: {reply.status_code}: {reply.json().get('detail')}")
     return 1
 

@@ -113,7 +113,7 @@ class JobStore:
             "attempts": "0",
             "options": json.dumps(options),
         }
-        self.redis.hset(self.key(job_id), mapping=record)
+        self.redis.hset(self.key(job_id), mapping=dict[Any, Any](record))
         return Job.from_hash(record)
 
     def get(self, job_id: str) -> Job:
@@ -161,7 +161,7 @@ class JobStore:
                 try:
                     pipe.watch(key)
                     current = pipe.hget(key, "status")
-                    if current is None or JobStatus(current).terminal:
+                    if current is None or JobStatus(str(current)).terminal:
                         pipe.unwatch()
                         return False
                     record = pipe.hgetall(key)
@@ -187,7 +187,7 @@ class JobStore:
                     pipe.lpush(self.key(job_id, "done"), status.value)
                     pipe.expire(self.key(job_id, "done"), 300)
                     started = float(record.get("started_at") or record["created_at"])
-                    self._count_outcome(pipe, record["capability"], status, now - started)
+                    self._count_outcome(pipe, str(record["capability"]), status, now - started)
                     pipe.execute()
                     return True
                 except redis.WatchError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
@@ -26,7 +27,7 @@ def create_app() -> FastAPI:
     registry.register(RedisJobCollector(job_store()))
 
     @app.middleware("http")
-    async def _measure(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
+    async def _measure(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")

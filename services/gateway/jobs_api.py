@@ -56,13 +56,13 @@ async def wait_for_job(job_id: str, timeout_s: float) -> dict[str, Any] | None:
     client = async_redis()
     key = JobStore.key(job_id)
     status = await client.hget(key, "status")
-    if status is None or not JobStatus(status).terminal:
+    if status is None or not JobStatus(str(status)).terminal:
         try:
             await client.blpop([JobStore.key(job_id, "done")], timeout=timeout_s)
         except redis.RedisError:
             return None
         status = await client.hget(key, "status")
-    if status is None or not JobStatus(status).terminal:
+    if status is None or not JobStatus(str(status)).terminal:
         return None
     if status == JobStatus.succeeded.value:
         raw = await client.get(JobStore.key(job_id, "result"))

@@ -55,9 +55,9 @@ def sweep_once(app: Celery, store: JobStore, client: redis.Redis) -> list[str]:
                 continue
             if job is not None and job.status.terminal:
                 # Finished but the ack was lost with its worker: drop the message.
-                channel.qos._remove_from_indices(tag).execute()  # type: ignore[attr-defined]
+                channel.qos._remove_from_indices(tag).execute()
                 continue
-            channel.qos.restore_by_tag(tag)  # type: ignore[attr-defined]
+            channel.qos.restore_by_tag(tag)
             if job is not None:
                 store.requeue(job_id, "requeued: its worker stopped answering")
             restored.append(job_id)

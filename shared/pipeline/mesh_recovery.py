@@ -275,7 +275,7 @@ def _export(
     for wanted in options.outputs:
         name = _ARTIFACT_OF[wanted]
         if wanted in (Output.glb, Output.obj, Output.ply) and meshes:
-            output.artifacts[name] = export_meshes(meshes, wanted.value)
+            output.artifacts[name] = export_meshes(meshes, wanted.value)  # type: ignore[arg-type]
         elif wanted is Output.overlay:
             output.artifacts[name] = _overlay_png(image, meshes, camera)
         elif wanted is Output.npz and fitted is not None:
@@ -322,7 +322,7 @@ def _overlay_png(image: np.ndarray, meshes: list, camera: np.ndarray) -> bytes:
         picture = get_renderer().render_overlay(
             image,
             meshes,
-            tuple(float(c) for c in camera),
+            (float(camera[0]), float(camera[1]), float(camera[2]), float(camera[3])),
             colors=[PERSON_COLOURS[i % len(PERSON_COLOURS)] for i in range(len(meshes))],
         )
     buffer = io.BytesIO()

@@ -69,9 +69,9 @@ async def create_mesh_recovery(
 ) -> JSONResponse | JobInfo:
     try:
         options = MeshRecoveryOptions(
-            body_model=body_model,  # type: ignore[arg-type]
+            body_model=body_model,
             max_people=max_people,
-            outputs=[o.strip() for o in outputs.split(",") if o.strip()],  # type: ignore[misc]
+            outputs=[o.strip() for o in outputs.split(",") if o.strip()],
             focal_length_px=focal_length_px,
             iterations=iterations,
             seed=seed,
