@@ -1,23 +1,11 @@
-"""Shared gateway state: settings, the job store, artifact storage, the Celery app."""
+"""Shared gateway state: settings, the job store, artifact storage."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from services.common.jobs import JobStore
+from services.common.stores import artifact_store, job_store
 from shared.settings import Settings, get_settings
-from shared.storage import LocalArtifactStore
 
-
-@lru_cache(maxsize=1)
-def job_store() -> JobStore:
-    settings = get_settings()
-    return JobStore.from_url(settings.redis_url, settings.result_ttl_s)
-
-
-@lru_cache(maxsize=1)
-def artifact_store() -> LocalArtifactStore:
-    return LocalArtifactStore(get_settings().artifacts_path)
+__all__ = ["artifact_store", "job_store", "settings"]
 
 
 def settings() -> Settings:

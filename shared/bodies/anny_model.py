@@ -26,7 +26,7 @@ import numpy as np
 import roma
 import torch
 
-from shared.keypoints.formats import HAND21, MEDIAPIPE33
+from shared.keypoints.formats import COCO17_FEET, HAND21, MEDIAPIPE33
 
 if TYPE_CHECKING:
     import anny
@@ -39,30 +39,10 @@ FIT_KEYPOINTS: tuple[str, ...] = (
 )
 
 # mediapipe33 points that Anny's bundled COCO+feet vertex regressor gives directly.
-_FROM_COCO_REGRESSOR = {
-    name: name
-    for name in (
-        "nose",
-        "left_eye",
-        "right_eye",
-        "left_ear",
-        "right_ear",
-        "left_shoulder",
-        "right_shoulder",
-        "left_elbow",
-        "right_elbow",
-        "left_wrist",
-        "right_wrist",
-        "left_hip",
-        "right_hip",
-        "left_knee",
-        "right_knee",
-        "left_ankle",
-        "right_ankle",
-        "left_heel",
-        "right_heel",
-    )
-} | {"left_foot_index": "left_big_toe", "right_foot_index": "right_big_toe"}
+_FROM_COCO_REGRESSOR = {name: name for name in COCO17_FEET if name in MEDIAPIPE33} | {
+    "left_foot_index": "left_big_toe",
+    "right_foot_index": "right_big_toe",
+}
 
 # Finger chains: hand21 finger name -> Anny finger index (finger1 is the thumb).
 _FINGERS = {"thumb": 1, "index": 2, "middle": 3, "ring": 4, "pinky": 5}

@@ -43,6 +43,22 @@ from shared.bodies.base import ANNY_TO_SMPLX_WORLD
 
 # --------------------------------------------------------------------------- SMPL-X skeleton
 
+# smplx.SMPLX.forward's keyword arguments, with the width of each per-person row (axis-angle
+# rotations: 3 per joint; 21 body joints, 15 per hand; 10 shape and 10 expression coefficients).
+SMPLX_PARAM_DIMS: dict[str, int] = {
+    "global_orient": 3,
+    "body_pose": 63,
+    "left_hand_pose": 45,
+    "right_hand_pose": 45,
+    "jaw_pose": 3,
+    "leye_pose": 3,
+    "reye_pose": 3,
+    "betas": 10,
+    "expression": 10,
+    "transl": 3,
+}
+
+
 SMPLX_JOINT_NAMES: tuple[str, ...] = (
     "pelvis",
     "left_hip",

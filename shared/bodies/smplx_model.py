@@ -20,18 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.bodies.smplx_convention import NUM_BETAS, NUM_EXPRESSION, SMPLX_JOINT_NAMES
+from shared.bodies.smplx_convention import (
+    NUM_BETAS,
+    NUM_EXPRESSION,
+    SMPLX_JOINT_NAMES,
+    SMPLX_PARAM_DIMS,
+)
 
-_POSE_SIZES = {
-    "global_orient": 3,
-    "body_pose": 63,
-    "left_hand_pose": 45,
-    "right_hand_pose": 45,
-    "jaw_pose": 3,
-    "leye_pose": 3,
-    "reye_pose": 3,
-    "transl": 3,
-}
+_POSE_SIZES = {k: n for k, n in SMPLX_PARAM_DIMS.items() if k not in ("betas", "expression")}
 
 
 @dataclass

@@ -47,23 +47,10 @@ __all__ = [
     "validate_params",
 ]
 
+from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
+
 MeshFormat = Literal["glb", "obj", "ply"]
 MESH_FORMATS: Final[tuple[str, ...]] = ("glb", "obj", "ply")
-
-# smplx.SMPLX.forward's keyword arguments, with the width of each per-person row (axis-angle
-# rotations: 3 per joint; 21 body joints, 15 per hand; 10 shape and 10 expression coefficients).
-SMPLX_PARAM_DIMS: Final[dict[str, int]] = {
-    "global_orient": 3,
-    "body_pose": 63,
-    "left_hand_pose": 45,
-    "right_hand_pose": 45,
-    "jaw_pose": 3,
-    "leye_pose": 3,
-    "reye_pose": 3,
-    "betas": 10,
-    "expression": 10,
-    "transl": 3,
-}
 
 # Required; the others default to zeros (a relaxed hand, neutral face), as in smplx itself.
 SMPLX_REQUIRED: Final[tuple[str, ...]] = ("global_orient", "body_pose", "betas", "transl")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
 from shared.inference import FitInputs, FitOutputs, InferenceBackend
 from shared.keypoints.formats import PersonKeypoints
 from shared.schemas import (
@@ -203,16 +204,7 @@ def _smplx_meshes(
     """The user's SMPL-X model posed by the SMPL-X-convention parameters of each person."""
     import torch
 
-    keys = (
-        "global_orient",
-        "body_pose",
-        "left_hand_pose",
-        "right_hand_pose",
-        "jaw_pose",
-        "leye_pose",
-        "reye_pose",
-        "transl",
-    )
+    keys = [k for k in SMPLX_PARAM_DIMS if k not in ("betas", "expression")]
     params = {
         key: torch.tensor(
             [np.ravel(getattr(p.smplx, key)) for p in result.people], dtype=torch.float32
@@ -293,21 +285,7 @@ def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.
             len(result.people), -1
         )
 
-    params = {
-        key: stack(key)
-        for key in (
-            "global_orient",
-            "body_pose",
-            "left_hand_pose",
-            "right_hand_pose",
-            "jaw_pose",
-            "leye_pose",
-            "reye_pose",
-            "betas",
-            "expression",
-            "transl",
-        )
-    }
+    params = {key: stack(key) for key in SMPLX_PARAM_DIMS}
     params["anny_pose"] = fitted.pose
     params["anny_phenotype"] = fitted.phenotype
     params["anny_transl"] = fitted.transl

@@ -13,6 +13,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from services.common.jobs import HEARTBEAT_S, JobNotFound, JobStatus, JobStore
+from services.common.stores import artifact_store, job_store
 from services.common.triton import get_backend
 from services.workers.celery_app import app
 from shared.inference import InferenceBackend, InferenceUnavailable
@@ -20,7 +21,6 @@ from shared.io.images import decode_image
 from shared.pipeline.mesh_recovery import recover
 from shared.schemas import MeshRecoveryOptions
 from shared.settings import get_settings
-from shared.storage import LocalArtifactStore
 
 log = logging.getLogger("bodyserve.mesh_recovery")
 UPLOAD_NAME = "input.bin"
@@ -28,17 +28,6 @@ UPLOAD_NAME = "input.bin"
 
 class JobCancelled(Exception):
     pass
-
-
-@lru_cache(maxsize=1)
-def job_store() -> JobStore:
-    settings = get_settings()
-    return JobStore.from_url(settings.redis_url, settings.result_ttl_s)
-
-
-@lru_cache(maxsize=1)
-def artifact_store() -> LocalArtifactStore:
-    return LocalArtifactStore(get_settings().artifacts_path)
 
 
 @lru_cache(maxsize=1)
