@@ -9,7 +9,7 @@ only ever sees arrays, never Triton.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -62,6 +62,10 @@ class FitOutputs:
 
     def person(self, i: int) -> FitOutputs:
         return FitOutputs(**{k: v[i : i + 1] for k, v in self.__dict__.items()})
+
+
+# Triton's body_fit output tensors: each FitOutputs field, upper-cased.
+FIT_OUTPUT_TENSORS: dict[str, str] = {f.name.upper(): f.name for f in fields(FitOutputs)}
 
 
 class InferenceBackend(Protocol):

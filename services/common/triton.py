@@ -26,6 +26,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from shared.inference import (
+    FIT_OUTPUT_TENSORS,
     FitInputs,
     FitOutputs,
     InferenceBackend,
@@ -40,16 +41,7 @@ KEYPOINTS_MODEL = "keypoints_2d"
 FIT_MODEL = "body_fit"
 FIT_MAX_BATCH = 32  # body_fit's max_batch_size; read from the server when it can be
 
-FIT_OUTPUTS: dict[str, str] = {
-    "POSE": "pose",
-    "PHENOTYPE": "phenotype",
-    "TRANSL": "transl",
-    "GLOBAL_ORIENT": "global_orient",
-    "VERTICES": "vertices",
-    "JOINTS": "joints",
-    "KEYPOINTS_2D": "keypoints_2d",
-    "REPROJECTION_ERROR": "reprojection_error",
-}
+FIT_OUTPUTS = FIT_OUTPUT_TENSORS
 DETECT_OUTPUTS = ("COUNT", "BODY", "HANDS", "HAND_PRESENT", "BBOX", "SCORE")
 
 # gRPC status codes that mean "not now" rather than "never".

@@ -39,18 +39,14 @@ def _bootstrap_path() -> None:
 
 _bootstrap_path()
 
-from shared.inference import FitInputs, FitOutputs, InProcessBackend  # noqa: E402
+from shared.inference import (  # noqa: E402
+    FIT_OUTPUT_TENSORS,
+    FitInputs,
+    FitOutputs,
+    InProcessBackend,
+)
 
-OUTPUTS: dict[str, str] = {
-    "POSE": "pose",
-    "PHENOTYPE": "phenotype",
-    "TRANSL": "transl",
-    "GLOBAL_ORIENT": "global_orient",
-    "VERTICES": "vertices",
-    "JOINTS": "joints",
-    "KEYPOINTS_2D": "keypoints_2d",
-    "REPROJECTION_ERROR": "reprojection_error",
-}
+OUTPUTS = FIT_OUTPUT_TENSORS
 
 
 def _input(request, name: str) -> np.ndarray:
