@@ -19,6 +19,25 @@ class Output(StrEnum):
 
 DEFAULT_OUTPUTS = (Output.glb, Output.overlay, Output.npz, Output.json)
 
+# Artifacts a mesh-recovery job can produce, with their content types.
+CONTENT_TYPES = {
+    "mesh.glb": "model/gltf-binary",
+    "mesh.obj": "text/plain",
+    "mesh.ply": "application/octet-stream",
+    "overlay.png": "image/png",
+    "params.npz": "application/octet-stream",
+    "result.json": "application/json",
+}
+# The artifact each requested output is written to.
+ARTIFACT_OF = {
+    Output.glb: "mesh.glb",
+    Output.obj: "mesh.obj",
+    Output.ply: "mesh.ply",
+    Output.overlay: "overlay.png",
+    Output.npz: "params.npz",
+    Output.json: "result.json",
+}
+
 
 class MeshRecoveryOptions(BaseModel):
     """Options of one mesh-recovery request (sent as form fields next to the image)."""

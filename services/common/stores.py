@@ -8,6 +8,9 @@ from services.common.jobs import JobStore
 from shared.settings import get_settings
 from shared.storage import LocalArtifactStore
 
+# Name under which a job's uploaded input is stored next to its artifacts.
+UPLOAD_NAME = "input.bin"
+
 
 @lru_cache(maxsize=1)
 def job_store() -> JobStore:

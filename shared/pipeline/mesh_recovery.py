@@ -20,7 +20,9 @@ from PIL import Image
 from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
 from shared.inference import FitInputs, FitOutputs, InferenceBackend
 from shared.keypoints.formats import PersonKeypoints
+from shared.schemas import ARTIFACT_OF as _ARTIFACT_OF
 from shared.schemas import (
+    CONTENT_TYPES,
     AnnyParams,
     Camera,
     MeshRecoveryOptions,
@@ -40,22 +42,6 @@ ProgressCallback = Callable[[float, str], None]
 # gives no focal length: a typical phone/compact camera.
 DEFAULT_FOV_DEG = 50.0
 
-CONTENT_TYPES = {
-    "mesh.glb": "model/gltf-binary",
-    "mesh.obj": "text/plain",
-    "mesh.ply": "application/octet-stream",
-    "overlay.png": "image/png",
-    "params.npz": "application/octet-stream",
-    "result.json": "application/json",
-}
-_ARTIFACT_OF = {
-    Output.glb: "mesh.glb",
-    Output.obj: "mesh.obj",
-    Output.ply: "mesh.ply",
-    Output.overlay: "overlay.png",
-    Output.npz: "params.npz",
-    Output.json: "result.json",
-}
 PERSON_COLOURS = [
     (0.55, 0.75, 0.95),
     (0.95, 0.65, 0.45),

@@ -12,8 +12,7 @@ from services.gateway.deps import artifact_store, job_store
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import job_info
 from services.workers.celery_app import app as celery_app
-from shared.pipeline.mesh_recovery import CONTENT_TYPES
-from shared.schemas import JobInfo
+from shared.schemas import CONTENT_TYPES, JobInfo
 from shared.storage import ArtifactNotFound, check_job_id, check_name
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from services.common.stores import UPLOAD_NAME
 from services.gateway.deps import artifact_store, job_store, settings
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import job_info, submit_job, wait_for_job
-from services.workers.tasks.mesh_recovery import UPLOAD_NAME
 from shared.io.images import ImageError, decode_image
 from shared.schemas import DEFAULT_OUTPUTS, JobInfo, MeshRecoveryOptions, MeshRecoveryResult
 from shared.settings import Settings

@@ -13,7 +13,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from services.common.jobs import HEARTBEAT_S, JobNotFound, JobStatus, JobStore
-from services.common.stores import artifact_store, job_store
+from services.common.stores import UPLOAD_NAME, artifact_store, job_store
 from services.common.triton import get_backend
 from services.workers.celery_app import app
 from shared.inference import InferenceBackend, InferenceUnavailable
@@ -23,7 +23,6 @@ from shared.schemas import MeshRecoveryOptions
 from shared.settings import get_settings
 
 log = logging.getLogger("bodyserve.mesh_recovery")
-UPLOAD_NAME = "input.bin"
 
 
 class JobCancelled(Exception):
