@@ -58,6 +58,7 @@ class FitOutputs:
     vertices: np.ndarray  # (P, V, 3) float32 posed mesh in the camera frame, metres
     joints: np.ndarray  # (P, J, 3) float32 bone heads in the camera frame, metres
     keypoints_2d: np.ndarray  # (P, 33, 2) float32 model keypoints reprojected, pixels
+    keypoints_3d: np.ndarray  # (P, 33, 3) float32 model keypoints, camera frame, metres
     reprojection_error: np.ndarray  # (P,) float32 mean px error over confident keypoints
 
     def person(self, i: int) -> FitOutputs:

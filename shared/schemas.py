@@ -97,6 +97,9 @@ class PersonResult(BaseModel):
     detection_score: float
     keypoints_2d: list[list[float]]  # 33 x 3 detected, mediapipe33
     fitted_keypoints_2d: list[list[float]]  # 33 x 2 reprojected from the fitted body
+    # The fitted body's mediapipe33 points in the camera frame (metres); null for the points
+    # Anny has no counterpart of (eye and mouth corners).
+    keypoints_3d: list[list[float] | None]
     reprojection_error_px: float
     hands_detected: list[str]
     smplx: SmplxParams

@@ -249,6 +249,7 @@ def _empty_fit() -> FitOutputs:
         vertices=np.zeros((0, 0, 3), np.float32),
         joints=np.zeros((0, 0, 3), np.float32),
         keypoints_2d=np.zeros((0, 33, 2), np.float32),
+        keypoints_3d=np.zeros((0, 33, 3), np.float32),
         reprojection_error=np.zeros((0,), np.float32),
     )
 

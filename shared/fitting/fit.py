@@ -199,6 +199,11 @@ class BodyFitter:
             _, predicted = self._full_loss(
                 pose, xy, log_depth, phenotype_logit, target, camera, scale, SIGMA_END
             )
+            coeffs = body.blendshape_coefficients(torch.sigmoid(phenotype_logit))
+            transforms, _, _ = body.skeleton(
+                pose, torch.cat([xy, log_depth.exp()[:, None]], -1), coeffs
+            )
+            keypoints_3d = body.fit_keypoints(transforms, coeffs)[:, :33]
             transl = torch.cat([xy, log_depth.exp()[:, None]], -1)
             phenotype = torch.sigmoid(phenotype_logit)
             output = body.forward(pose, transl, phenotype)
@@ -211,6 +216,7 @@ class BodyFitter:
             vertices=output.vertices.numpy().astype(np.float32),
             joints=output.joints.numpy().astype(np.float32),
             keypoints_2d=predicted[:, :33].numpy().astype(np.float32),
+            keypoints_3d=keypoints_3d.numpy().astype(np.float32),
             reprojection_error=error.numpy().astype(np.float32),
         )
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
 from shared.inference import FitInputs, FitOutputs, InferenceBackend
-from shared.keypoints.formats import PersonKeypoints
+from shared.keypoints.formats import MEDIAPIPE33, PersonKeypoints
 from shared.schemas import ARTIFACT_OF as _ARTIFACT_OF
 from shared.schemas import (
     CONTENT_TYPES,
@@ -130,6 +130,7 @@ def recover(
     from shared.bodies.anny_model import get_anny
 
     labels = get_anny().phenotype_labels
+    mapped = get_anny().keypoint_mapped[: len(MEDIAPIPE33)].tolist()
     for i, person in enumerate(people):
         result.people.append(
             PersonResult(
@@ -138,6 +139,12 @@ def recover(
                 detection_score=float(person.score),
                 keypoints_2d=person.body.round(2).tolist(),
                 fitted_keypoints_2d=fitted.keypoints_2d[i].round(2).tolist(),
+                keypoints_3d=[
+                    point if known else None
+                    for point, known in zip(
+                        fitted.keypoints_3d[i].round(4).tolist(), mapped, strict=True
+                    )
+                ],
                 reprojection_error_px=float(fitted.reprojection_error[i]),
                 hands_detected=[
                     side

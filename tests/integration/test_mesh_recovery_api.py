@@ -169,6 +169,16 @@ def test_artifacts_are_usable(client: httpx.Client, photos_dir: Path) -> None:
     person = result["people"][0]
     assert len(person["smplx"]["body_pose"]) == 21
     assert len(person["keypoints_2d"]) == len(MEDIAPIPE33)
+    # 3D keypoints sit in front of the camera and reproject onto the fitted 2D keypoints.
+    camera = result["camera"]
+    for point, pixel in zip(person["keypoints_3d"], person["fitted_keypoints_2d"], strict=True):
+        if point is None:
+            continue
+        x, y, z = point
+        assert z > 0.5
+        assert abs(camera["fx"] * x / z + camera["cx"] - pixel[0]) < 0.5
+        assert abs(camera["fy"] * y / z + camera["cy"] - pixel[1]) < 0.5
+    assert person["keypoints_3d"][MEDIAPIPE33.index("mouth_left")] is None
     again = client.get(f"/v1/jobs/{job}/result").json()
     assert again["people"][0]["smplx"] == person["smplx"]
 
