@@ -112,10 +112,9 @@ def recover(
     )
     if not people:
         result.reason = "no person was detected in the image"
-        result.timings_ms = timings
         output = RecoveryOutput(result=result)
         _export(output, image, camera, options, [])
-        return output
+        return _finish(output, options, timings)
 
     report(0.3, f"fitting {len(people)} {'person' if len(people) == 1 else 'people'}")
     started = time.perf_counter()
@@ -167,8 +166,17 @@ def recover(
     meshes = _anny_meshes(fitted) if smplx_body is None else _smplx_meshes(smplx_body, result)
     _export(output, image, camera, options, meshes)
     timings["export"] = _ms(started)
+    return _finish(output, options, timings)
+
+
+def _finish(
+    output: RecoveryOutput, options: MeshRecoveryOptions, timings: dict[str, float]
+) -> RecoveryOutput:
+    """Record the timings and the artifact list, and write result.json when asked."""
+    result = output.result
     result.timings_ms = timings
     if Output.json in options.outputs:
+        result.artifacts["result.json"] = CONTENT_TYPES["result.json"]
         output.artifacts["result.json"] = result.model_dump_json(indent=1).encode()
     return output
 
@@ -265,11 +273,7 @@ def _export(
             output.artifacts[name] = _overlay_png(image, meshes, camera)
         elif wanted is Output.npz and fitted is not None:
             output.artifacts[name] = export_params_npz(_npz_params(output.result, fitted))
-    output.result.artifacts = {
-        name: CONTENT_TYPES[name]
-        for name in [*output.artifacts, "result.json"]
-        if name in output.artifacts or (name == "result.json" and Output.json in options.outputs)
-    }
+    output.result.artifacts = {name: CONTENT_TYPES[name] for name in output.artifacts}
 
 
 def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.ndarray]:

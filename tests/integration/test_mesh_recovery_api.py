@@ -194,6 +194,9 @@ def test_photo_without_people_succeeds_with_a_reason(client: httpx.Client) -> No
     assert body["status"] == "succeeded"
     assert body["result"]["people"] == []
     assert "no person" in body["result"]["reason"]
+    assert set(body["result"]["artifacts"]) == {"overlay.png", "result.json"}
+    saved = client.get(f"/v1/jobs/{body['job_id']}/artifacts/result.json").json()
+    assert saved["people"] == [] and saved["reason"] == body["result"]["reason"]
 
 
 def test_job_lifecycle_without_wait(client: httpx.Client, photos_dir: Path) -> None:
