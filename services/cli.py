@@ -81,7 +81,7 @@ def recover(
 ) -> None:
     """Recover 3D bodies from photos, in this process (no server needed)."""
     from shared.inference import InProcessBackend
-    from shared.io.images import decode_image
+    from shared.io.images import decode_image, exif_focal_length_px
     from shared.pipeline.mesh_recovery import recover as run
     from shared.schemas import MeshRecoveryOptions
 
@@ -99,8 +99,9 @@ def recover(
         overall = bar.add_task("photos", total=len(photos))
         for photo in _photos(photos):
             step = bar.add_task(photo.name, total=1.0)
+            data = photo.read_bytes()
             image = decode_image(
-                photo.read_bytes(),
+                data,
                 max_bytes=settings.max_upload_bytes,
                 max_pixels=settings.max_image_pixels,
                 max_side=settings.max_image_side,
@@ -111,7 +112,8 @@ def recover(
             ) -> None:
                 bar.update(step, completed=fraction, description=f"{label}: {message}")
 
-            output = run(image, options, backend, report)
+            focal = exif_focal_length_px(data, image.shape[1], image.shape[0])
+            output = run(image, options, backend, report, focal)
             folder = out / photo.stem
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in output.artifacts.items():

@@ -58,7 +58,8 @@ class MeshRecoveryOptions(BaseModel):
         None,
         gt=0,
         le=100_000,
-        description="Camera focal length in pixels; default assumes a ~50° field of view.",
+        description="Camera focal length in pixels; default: from the photo's EXIF (35 mm-"
+        "equivalent focal length), else a ~50° field of view.",
     )
     iterations: int = Field(60, ge=5, le=500, description="Fitting iterations.")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -111,6 +112,11 @@ class Camera(BaseModel):
     fy: float
     cx: float
     cy: float
+    focal_length_source: Literal["request", "exif", "default"] = Field(
+        "default",
+        description="Where fx, fy came from: the request, the photo's EXIF (35 mm-equivalent "
+        "focal length), or the default ~50° field of view.",
+    )
     convention: str = "opencv: x right, y down, z ahead; metres"
 
 

@@ -286,3 +286,26 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int)
             raise
         except (OSError, SyntaxError, EOFError) as exc:
             raise _corrupt(fmt, exc) from exc
+
+
+# A 35 mm film frame's diagonal: EXIF's 35 mm-equivalent focal length is defined against it.
+_FULL_FRAME_DIAGONAL_MM: Final = 43.2666
+_EXIF_IFD: Final = 0x8769
+_FOCAL_LENGTH_35MM: Final = 0xA405
+
+
+def exif_focal_length_px(data: bytes, width: int, height: int) -> float | None:
+    """The camera's focal length in pixels of a ``width`` x ``height`` image, from EXIF.
+
+    Uses the 35 mm-equivalent focal length (``FocalLengthIn35mmFilm``), which phones and most
+    cameras write, scaled by the diagonal; ``None`` when the photo does not say.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            focal_35mm = image.getexif().get_ifd(_EXIF_IFD).get(_FOCAL_LENGTH_35MM)
+    except Exception:  # an unreadable EXIF block only means "unknown"
+        return None
+    if not focal_35mm or not 4 <= float(focal_35mm) <= 2000:
+        return None
+    diagonal_px = (width**2 + height**2) ** 0.5
+    return float(focal_35mm) * diagonal_px / _FULL_FRAME_DIAGONAL_MM

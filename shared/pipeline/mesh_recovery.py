@@ -89,11 +89,18 @@ def recover(
     options: MeshRecoveryOptions,
     backend: InferenceBackend,
     progress: ProgressCallback | None = None,
+    exif_focal_length_px: float | None = None,
 ) -> RecoveryOutput:
-    """Recover every person's body in an RGB uint8 image."""
+    """Recover every person's body in an RGB uint8 image.
+
+    The camera's focal length comes from the request, else from the photo's EXIF (pass
+    ``exif_focal_length_px``, see ``shared.io.images.exif_focal_length_px``), else a default.
+    """
     report = progress or (lambda fraction, message: None)
     height, width = image.shape[:2]
-    camera = default_camera(width, height, options.focal_length_px)
+    focal = options.focal_length_px or exif_focal_length_px
+    source = "request" if options.focal_length_px else "exif" if focal else "default"
+    camera = default_camera(width, height, focal)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -106,7 +113,11 @@ def recover(
         image_width=width,
         image_height=height,
         camera=Camera(
-            fx=float(camera[0]), fy=float(camera[1]), cx=float(camera[2]), cy=float(camera[3])
+            fx=float(camera[0]),
+            fy=float(camera[1]),
+            cx=float(camera[2]),
+            cy=float(camera[3]),
+            focal_length_source=source,
         ),
         people=[],
     )

@@ -199,6 +199,26 @@ def test_photo_without_people_succeeds_with_a_reason(client: httpx.Client) -> No
     assert saved["people"] == [] and saved["reason"] == body["result"]["reason"]
 
 
+def test_focal_length_from_exif(client: httpx.Client, photos_dir: Path) -> None:
+    photo = Image.open(photos_dir / "codait_yogait_tada_photo.jpg")
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 28  # FocalLengthIn35mmFilm
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif, quality=92)
+    reply = client.post(
+        "/v1/mesh-recovery",
+        params={"wait": 60},
+        files={"image": ("exif.jpg", buffer.getvalue())},
+        data={"outputs": "json"},
+    )
+    camera = reply.json()["result"]["camera"]
+    assert camera["focal_length_source"] == "exif"
+    diagonal = (photo.width**2 + photo.height**2) ** 0.5
+    assert camera["fx"] == pytest.approx(28 * diagonal / 43.2666, rel=1e-3)
+    plain = recover(client, photos_dir / "codait_yogait_tada_photo.jpg", outputs="json")
+    assert plain["result"]["camera"]["focal_length_source"] == "default"
+
+
 def test_job_lifecycle_without_wait(client: httpx.Client, photos_dir: Path) -> None:
     photo = photos_dir / "codait_yogait_t5.jpg"
     reply = client.post("/v1/mesh-recovery", files={"image": (photo.name, photo.read_bytes())})

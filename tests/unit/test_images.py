@@ -311,3 +311,24 @@ def test_lossless_formats_round_trip(fmt: str, options: dict) -> None:
     array = np.random.default_rng(0).integers(0, 256, (13, 17, 3), dtype=np.uint8)
     decoded = _decode(_encode(Image.fromarray(array), fmt, **options))
     np.testing.assert_array_equal(decoded, array)
+
+
+def _jpeg_with_focal(focal_35mm: int | None, size: tuple[int, int] = (400, 300)) -> bytes:
+    image = Image.new("RGB", size, (90, 120, 150))
+    exif = Image.Exif()
+    if focal_35mm is not None:
+        exif.get_ifd(0x8769)[0xA405] = focal_35mm
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def test_exif_focal_length_in_pixels() -> None:
+    from shared.io.images import exif_focal_length_px
+
+    # 26 mm equivalent (a phone's main camera) on a 400x300 image: 26/43.27 of the diagonal.
+    focal = exif_focal_length_px(_jpeg_with_focal(26), 400, 300)
+    assert focal == pytest.approx(26 * 500 / 43.2666, rel=1e-4)
+    assert exif_focal_length_px(_jpeg_with_focal(None), 400, 300) is None
+    assert exif_focal_length_px(_jpeg_with_focal(0), 400, 300) is None
+    assert exif_focal_length_px(b"not an image", 400, 300) is None

@@ -17,7 +17,7 @@ from services.common.stores import UPLOAD_NAME, artifact_store, job_store
 from services.common.triton import get_backend
 from services.workers.celery_app import app
 from shared.inference import InferenceBackend, InferenceUnavailable
-from shared.io.images import decode_image
+from shared.io.images import decode_image, exif_focal_length_px
 from shared.pipeline.mesh_recovery import recover
 from shared.schemas import MeshRecoveryOptions
 from shared.settings import get_settings
@@ -118,8 +118,9 @@ def _run(store: JobStore, job_id: str, options_json: dict) -> str:
     settings = get_settings()
     artifacts = artifact_store()
     options = MeshRecoveryOptions.model_validate(options_json)
+    upload = artifacts.get(job_id, UPLOAD_NAME)
     image = decode_image(
-        artifacts.get(job_id, UPLOAD_NAME),
+        upload,
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         max_side=settings.max_image_side,
@@ -130,7 +131,8 @@ def _run(store: JobStore, job_id: str, options_json: dict) -> str:
             raise JobCancelled(job_id)
         store.progress(job_id, fraction, message)
 
-    output = recover(image, options, backend(), progress)
+    focal = exif_focal_length_px(upload, image.shape[1], image.shape[0])
+    output = recover(image, options, backend(), progress, focal)
     for name, data in output.artifacts.items():
         artifacts.put(job_id, name, data)
     result = output.result.model_dump(mode="json")
