@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,13 @@ from PIL import Image
 from shared.settings import get_settings
 
 
+def missing(reason: str) -> None:
+    """Skip locally when a prerequisite is missing, but fail in CI, where it must be there."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI must have it: run ./scripts/setup.sh)")
+    pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -27,7 +35,7 @@ def free_port() -> int:
 def photos_dir() -> Path:
     path = get_settings().photos_dir
     if not path.is_dir():
-        pytest.skip(f"the shared photos are not at {path} (set BODYSERVE_DATA_DIR)")
+        missing(f"the shared photos are not at {path} (set BODYSERVE_DATA_DIR)")
     return path
 
 

@@ -25,13 +25,14 @@ import pytest
 
 from services.stack import LocalStack, StackConfig, StackError
 from services.triton_server import TritonNotFound, find_tritonserver
+from tests.conftest import missing
 
 
 def _require_triton() -> None:
     try:
         find_tritonserver()
     except TritonNotFound as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 @dataclass
@@ -77,7 +78,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     _require_triton()
     redis_url = os.environ.get("BODYSERVE_TEST_REDIS_URL") or None
     if redis_url is None and shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed and BODYSERVE_TEST_REDIS_URL not set")
+        missing("redis-server not installed and BODYSERVE_TEST_REDIS_URL not set")
     var_dir = tmp_path_factory.mktemp("stack")
     stack = LocalStack(StackConfig.with_free_ports(var_dir, redis_url=redis_url))
     try:
