@@ -51,7 +51,7 @@ class FitInputs:
 class FitOutputs:
     """Fitted bodies, stacked over people (P), camera frame (OpenCV: x right, y down, z ahead)."""
 
-    pose: np.ndarray  # (P, J, 3) float32 Anny local bone rotations, axis-angle ("local-ref")
+    pose: np.ndarray  # (P, J, 3) float32 Anny bone rotations, axis-angle ("local-bone"; [0] = root)
     phenotype: np.ndarray  # (P, 6) float32 Anny phenotype values in [0, 1]
     transl: np.ndarray  # (P, 3) float32 root translation in the camera frame, metres
     global_orient: np.ndarray  # (P, 3) float32 root rotation, axis-angle, camera frame

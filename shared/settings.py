@@ -72,9 +72,6 @@ class Settings(BaseSettings):
     max_people: int = 16
 
     # --- pipeline -----------------------------------------------------------------------
-    detection_max_side: int = 1280
-    fit_iterations: int = 60
-    fit_seed: int = 0
     torch_threads: int = 0  # 0: torch's default
 
     @property

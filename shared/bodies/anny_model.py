@@ -108,6 +108,10 @@ class AnnyBody:
     def vertex_count(self) -> int:
         return int(self.model.template_vertices.shape[0])
 
+    @property
+    def joint_names(self) -> list[str]:
+        return self.bone_labels
+
     @cached_property
     def faces(self) -> np.ndarray:
         """(F, 3) int64 triangles (Anny's quads split in two)."""

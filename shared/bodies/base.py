@@ -5,11 +5,9 @@ Shapes are explicit: ``B`` people, ``V`` vertices, ``F`` faces, ``J`` joints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import torch
 
 # Anny's world is Z-up, the body facing -Y with its left at +X; SMPL-X's is Y-up, facing +Z,
 # left at +X. This rotation takes Anny world coordinates to SMPL-X world coordinates.
@@ -20,14 +18,9 @@ ANNY_TO_SMPLX_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.
 ANNY_TO_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
-@dataclass
-class BodyOutput:
-    vertices: torch.Tensor  # (B, V, 3) metres
-    joints: torch.Tensor  # (B, J, 3) metres
-    joint_names: list[str]
-
-
 class BodyModel(Protocol):
+    """What every body model offers (Anny: ``AnnyBody``; SMPL-X: ``SmplxBody``)."""
+
     name: str
     faces: np.ndarray  # (F, 3) int64 triangles
 

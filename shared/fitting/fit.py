@@ -55,14 +55,12 @@ class BodyFitter:
         self._lock = threading.Lock()
         self._mapped = self.body.keypoint_mapped.clone()
         self._rigid_index = torch.tensor([FIT_KEYPOINTS.index(n) for n in _RIGID_NAMES])
-        reference = self.body.model.forward()
-        # Reference-pose keypoints in Anny's world, relative to the root head: the rigid stage.
+        # Reference-pose keypoints in Anny's world (its root head at the origin): the rigid stage.
         coeffs = self.body.blendshape_coefficients(torch.full((1, 6), 0.5))
         zero = torch.zeros(1, self.body.joint_count, 3)
         transforms, _, _ = self.body.skeleton(zero, torch.zeros(1, 3), coeffs)
         with torch.no_grad():
             self._reference_keypoints = self.body.fit_keypoints(transforms, coeffs)[0]
-        self._reference_root = reference["bone_poses"][0, 0, :3, 3].float()
         self._anny_to_camera = torch.tensor(ANNY_TO_CAMERA, dtype=torch.float32)
         self._neck = self.body.bone("neck01")
         self._ankles = [self.body.bone("foot.L"), self.body.bone("foot.R")]
@@ -86,7 +84,7 @@ class BodyFitter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best global rotation (P, 3) and root position (P, 3) of the reference pose."""
         people, headings = target.shape[0], len(_HEADINGS)
-        points = self._reference_keypoints[self._rigid_index] - self._reference_root
+        points = self._reference_keypoints[self._rigid_index]
         rigid_target = target[:, self._rigid_index].repeat_interleave(headings, 0)
         cam = camera.repeat_interleave(headings, 0)
         scale_rep = scale.repeat_interleave(headings, 0)
@@ -167,10 +165,9 @@ class BodyFitter:
         pose = torch.zeros(people, body.joint_count, 3)
         pose[:, 0] = global_rotvec
         pose.requires_grad_(True)
-        # The root's head, not the reference root's offset, is what transl positions.
-        root_offset = roma.rotvec_to_rotmat(global_rotvec) @ self._reference_root
-        xy = (transl0[:, :2] + root_offset[:, :2]).clone().requires_grad_(True)
-        log_depth = (transl0[:, 2] + root_offset[:, 2]).clamp(min=0.3).log().requires_grad_(True)
+        # With local-bone deltas the root's delta is its world pose: transl is the root's head.
+        xy = transl0[:, :2].clone().requires_grad_(True)
+        log_depth = transl0[:, 2].clamp(min=0.3).log().requires_grad_(True)
         phenotype_logit = torch.zeros(people, len(body.phenotype_labels), requires_grad=True)
         optimiser = torch.optim.Adam(
             [

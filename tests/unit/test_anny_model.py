@@ -85,3 +85,11 @@ def test_model_is_float32_and_z_up(body) -> None:  # type: ignore[no-untyped-def
     head, foot = out.joints[0, body.bone("head")], out.joints[0, body.bone("foot.L")]
     assert head[2] - foot[2] > 1.2  # Z-up, metres
     assert body.faces.shape[1] == 3 and body.faces.max() < body.vertex_count
+
+
+def test_anny_follows_the_body_model_interface(body) -> None:  # type: ignore[no-untyped-def]
+    from shared.bodies.base import BodyModel
+
+    model: BodyModel = body
+    assert model.name == "anny" and len(model.joint_names) == 104
+    assert model.faces.shape[1] == 3 and model.vertex_count == 13718
