@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -75,16 +76,6 @@ def job_info(request: Request, job: Job) -> JobInfo:
     links = {"self": str(request.url_for("get_job", job_id=job.id))}
     if job.status is JobStatus.succeeded:
         links["result"] = str(request.url_for("get_job_result", job_id=job.id))
-    return JobInfo(
-        id=job.id,
-        capability=job.capability,
-        status=job.status.value,
-        progress=job.progress,
-        message=job.message,
-        error=job.error,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        attempts=job.attempts,
-        links=links,
-    )
+    # Every field of the job record but its options (the request, not its state).
+    record = {k: v for k, v in asdict(job).items() if k != "options"}
+    return JobInfo(**record, links=links)

@@ -42,15 +42,6 @@ ProgressCallback = Callable[[float, str], None]
 # gives no focal length: a typical phone/compact camera.
 DEFAULT_FOV_DEG = 50.0
 
-PERSON_COLOURS = [
-    (0.55, 0.75, 0.95),
-    (0.95, 0.65, 0.45),
-    (0.6, 0.9, 0.6),
-    (0.9, 0.6, 0.85),
-    (0.95, 0.9, 0.5),
-    (0.6, 0.85, 0.85),
-]
-
 
 @dataclass
 class RecoveryOutput:
@@ -301,16 +292,13 @@ def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.
 
 
 def _overlay_png(image: np.ndarray, meshes: list, camera: np.ndarray) -> bytes:
-    from shared.render.overlay import get_renderer
+    from shared.render.overlay import render_overlay
 
     picture = image
     if meshes:
-        picture = get_renderer().render_overlay(
-            image,
-            meshes,
-            (float(camera[0]), float(camera[1]), float(camera[2]), float(camera[3])),
-            colors=[PERSON_COLOURS[i % len(PERSON_COLOURS)] for i in range(len(meshes))],
-        )
+        # One colour per person from the renderer's palette.
+        fx, fy, cx, cy = (float(c) for c in camera)
+        picture = render_overlay(image, meshes, (fx, fy, cx, cy))
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -11,33 +11,18 @@ pair (usually one), then split back per request.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-
-def _bootstrap_path() -> None:
-    """Make ``shared.*`` importable in the python-backend stub.
-
-    The stub embeds Python in isolated mode, which ignores ``PYTHONPATH``: honour it here
-    (``services.triton_server.triton_env`` puts the repo root there), and fall back to the
-    repository that holds this model repository.
-    """
-    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    repo_root = Path(__file__).resolve().parents[3]
-    if (repo_root / "shared" / "__init__.py").exists():
-        entries.append(str(repo_root))
-    for entry in reversed(entries):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-
-
-_bootstrap_path()
+# The project's path setup, shared by every model: model_repository/bootstrap.py.
+_bootstrap = Path(__file__).resolve().parents[2] / "bootstrap.py"
+_spec = importlib.util.spec_from_file_location("bodyserve_model_bootstrap", _bootstrap)
+_spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # type: ignore[union-attr]
 
 from shared.inference import (  # noqa: E402
     FIT_OUTPUT_TENSORS,
