@@ -20,9 +20,11 @@ console = Console()
 
 def _mount_subapps() -> None:
     from services.cli_stack import stack_app, triton_app
+    from services.trainer.cli import train_app
 
     app.add_typer(stack_app, name="stack", help="Start, stop or inspect the local stack.")
     app.add_typer(triton_app, name="triton", help="Run Triton with bodyserve's models.")
+    app.add_typer(train_app, name="train", help="Train models (pose prior) and publish them.")
 
 
 _mount_subapps()

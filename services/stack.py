@@ -55,7 +55,7 @@ from services.triton_server import (
 from shared.settings import REPO_ROOT, get_settings
 
 DEFAULT_REDIS_PORT = 6390
-DEFAULT_QUEUES: tuple[str, ...] = ("mesh_recovery",)
+DEFAULT_QUEUES: tuple[str, ...] = ("mesh_recovery", "poses")
 ALL_COMPONENTS: tuple[str, ...] = ("redis", "triton", "workers", "gateway")
 CELERY_APP = "services.workers.celery_app:app"
 GATEWAY_APP = "services.gateway.app:app"

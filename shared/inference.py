@@ -1,16 +1,17 @@
 """Where the heavy steps run: one interface, two homes.
 
 The mesh-recovery pipeline calls an :class:`InferenceBackend` for its two heavy steps (2D
-keypoint detection, body fitting). :class:`InProcessBackend` runs them in this process (library
-and command-line use, and inside the Triton models themselves); the workers use the Triton
-client backend from ``services.common.triton`` when ``BODYSERVE_TRITON_URL`` is set. Domain code
-only ever sees arrays, never Triton.
+keypoint detection, body fitting); the pose routes call it for the pose prior (``prior``:
+rows of SMPL-X body poses to generate, complete or denoise). :class:`InProcessBackend` runs
+them in this process (library and command-line use, and inside the Triton models themselves);
+the workers use the Triton client backend from ``services.common.triton`` when
+``BODYSERVE_TRITON_URL`` is set. Domain code only ever sees arrays, never Triton.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from shared.keypoints.formats import PersonKeypoints
 if TYPE_CHECKING:
     from shared.fitting.fit import BodyFitter
     from shared.keypoints.detect import PersonDetector
+    from shared.prior.model import PosePrior
 
 
 class InferenceUnavailable(RuntimeError):
@@ -36,6 +38,14 @@ class InferenceError(RuntimeError):
     """
 
 
+# The pose prior a fit uses: the learned one ("pose_prior") or the simple regulariser ("none").
+PriorChoice = Literal["pose_prior", "none"]
+PRIOR_CHOICES: tuple[PriorChoice, ...] = ("pose_prior", "none")
+# body_fit's optional PRIOR input: a code per choice; DEFAULT_PRIOR_CODE (or no input): default.
+PRIOR_CODES: dict[PriorChoice, int] = {"none": 0, "pose_prior": 1}
+DEFAULT_PRIOR_CODE = -1
+
+
 @dataclass
 class FitInputs:
     """A batch of people to fit, all arrays stacked over people (P)."""
@@ -45,6 +55,9 @@ class FitInputs:
     camera: np.ndarray  # (P, 4) float32 pinhole intrinsics fx, fy, cx, cy in pixels
     iterations: int = 60
     seed: int = 0
+    # None: "pose_prior" when a prior is published, else "none"; "pose_prior" without a
+    # published prior fails (shared.fitting.fit.PriorNotPublished).
+    prior: PriorChoice | None = None
 
 
 @dataclass
@@ -60,6 +73,9 @@ class FitOutputs:
     keypoints_2d: np.ndarray  # (P, 33, 2) float32 model keypoints reprojected, pixels
     keypoints_3d: np.ndarray  # (P, 33, 3) float32 model keypoints, camera frame, metres
     reprojection_error: np.ndarray  # (P,) float32 mean px error over confident keypoints
+    # (P,) int32 the pose prior's published version used (model_repository/pose_prior/<N>);
+    # 0: no learned prior ("none"), -1: a prior that was not published (tests, experiments).
+    prior_version: np.ndarray
 
     def person(self, i: int) -> FitOutputs:
         return FitOutputs(**{k: v[i : i + 1] for k, v in self.__dict__.items()})
@@ -67,6 +83,56 @@ class FitOutputs:
 
 # Triton's body_fit output tensors: each FitOutputs field, upper-cased.
 FIT_OUTPUT_TENSORS: dict[str, str] = {f.name.upper(): f.name for f in fields(FitOutputs)}
+
+
+@dataclass
+class PriorRows:
+    """What the pose prior returned for a batch of rows (samples)."""
+
+    body_pose: np.ndarray  # (B, 21, 3) float32 SMPL-X body_pose axis-angle, row r from seed r
+    version: int  # the published prior version (model_repository/pose_prior/<version>) used
+
+
+@dataclass
+class MotionInputs:
+    """A motion to denoise, T frames: ``joints``, or ``global_orient`` + ``body_pose`` (poses).
+
+    SMPL-X convention: joints in ``shared.bodies.skeleton.BODY_JOINT_NAMES`` order (pelvis
+    first), axis-angle rotations, metres.
+    """
+
+    joints: np.ndarray | None = None  # (T, 22, 3) float32 noisy joint positions
+    global_orient: np.ndarray | None = None  # (T, 3) float32 (poses)
+    body_pose: np.ndarray | None = None  # (T, 21, 3) float32 (poses)
+    pelvis: np.ndarray | None = None  # (T, 3) float32 (poses, optional: default at the origin)
+    fps: float = 30.0
+    iterations: int | None = None  # None: shared.fitting.motion.DEFAULT_ITERATIONS
+    seed: int = 0
+
+    def check(self) -> None:
+        """A ValueError saying what to fix when the fields do not make one motion."""
+        has_poses = self.global_orient is not None or self.body_pose is not None
+        if (self.joints is None) == (not has_poses):
+            raise ValueError(
+                "give the motion as exactly one of joints (T, 22, 3) or poses (global_orient "
+                "(T, 3) and body_pose (T, 21, 3), optional pelvis (T, 3))"
+            )
+        if has_poses and (self.global_orient is None or self.body_pose is None):
+            raise ValueError("poses need both global_orient (T, 3) and body_pose (T, 21, 3)")
+        if self.joints is not None and self.pelvis is not None:
+            raise ValueError("pelvis goes with poses; with joints, the pelvis is joints[:, 0]")
+
+
+@dataclass
+class MotionOutputs:
+    """A denoised motion, T frames (the input's frame, SMPL-X convention)."""
+
+    global_orient: np.ndarray  # (T, 3) float32 axis-angle
+    body_pose: np.ndarray  # (T, 21, 3) float32 axis-angle
+    pelvis: np.ndarray  # (T, 3) float32 metres
+    joints: np.ndarray  # (T, 22, 3) float32 metres, BODY_JOINT_NAMES order
+    phenotype: np.ndarray  # (6,) float32 Anny phenotype of the skeleton (neutral for poses)
+    prior_version: int | None  # the published pose prior version used; None: none published
 
 
 class InferenceBackend(Protocol):
@@ -78,6 +144,28 @@ class InferenceBackend(Protocol):
         """Fit the body model to each person's 2D keypoints (batched over people)."""
         ...
 
+    def prior(
+        self,
+        task: int,
+        pose: np.ndarray | None,
+        known: np.ndarray | None,
+        seeds: np.ndarray,
+        steps: int,
+        noise_level: float = 0.0,
+        sampler: str = "ode",
+    ) -> PriorRows:
+        """Run the pose prior on B rows: ``task`` a ``shared.prior.tasks.PriorTask`` code
+        (generate, complete, denoise), ``pose`` (B, 21, 3) SMPL-X body_pose (complete,
+        denoise), ``known`` (B, 21) bool (complete: True where given), ``seeds`` (B,) one per
+        row, ``noise_level`` in (0, 1] (denoise), ``sampler`` "ode" or "sde" (generate). Rows
+        are independent: row r depends only on its own inputs and ``seeds[r]``."""
+        ...
+
+    def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
+        """A jittery motion made smooth and plausible (``shared.fitting.motion``), with the
+        newest published pose prior (without one when none is published)."""
+        ...
+
 
 class InProcessBackend:
     """Runs detection and fitting in this process; models load once, on first use."""
@@ -85,6 +173,7 @@ class InProcessBackend:
     def __init__(self) -> None:
         self._detector: PersonDetector | None = None
         self._fitter: BodyFitter | None = None
+        self._prior: tuple[int, PosePrior] | None = None  # (version, prior)
 
     def load(self, detect: bool = True, fit: bool = True) -> None:
         """Load the models now rather than on first use (Triton ``initialize``, warm-up)."""
@@ -110,3 +199,71 @@ class InProcessBackend:
 
             self._fitter = BodyFitter()
         return self._fitter(inputs)
+
+    def prior(
+        self,
+        task: int,
+        pose: np.ndarray | None,
+        known: np.ndarray | None,
+        seeds: np.ndarray,
+        steps: int,
+        noise_level: float = 0.0,
+        sampler: str = "ode",
+    ) -> PriorRows:
+        from shared.prior.sampling import generate
+        from shared.prior.tasks import PriorTask, parse_task, run_prior_rows
+
+        version, prior = self._latest_prior()
+        if parse_task(task) is PriorTask.GENERATE and sampler != "ode":
+            # run_prior_rows samples generate with the ODE; the SDE sampler is asked for here.
+            body_pose = generate(prior, seeds, steps, sampler)  # type: ignore[arg-type]
+        else:
+            body_pose = run_prior_rows(prior, task, pose, known, seeds, steps, noise_level)
+        return PriorRows(body_pose=body_pose, version=version)
+
+    def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
+        from shared.fitting.motion import DEFAULT_ITERATIONS, denoise_motion
+
+        inputs.check()
+        version: int | None
+        prior: PosePrior | None
+        try:
+            version, prior = self._latest_prior()
+        except FileNotFoundError:  # nothing published: skeleton and smoothness alone
+            version, prior = None, None
+        poses = None
+        if inputs.joints is None:
+            assert inputs.global_orient is not None and inputs.body_pose is not None
+            poses = (inputs.global_orient, inputs.body_pose, inputs.pelvis)
+        iterations = DEFAULT_ITERATIONS if inputs.iterations is None else inputs.iterations
+        result = denoise_motion(
+            joints=inputs.joints,
+            poses=poses,
+            fps=inputs.fps,
+            prior=prior,
+            iterations=iterations,
+            seed=inputs.seed,
+        )
+        return MotionOutputs(
+            global_orient=result.global_orient,
+            body_pose=result.body_pose,
+            pelvis=result.pelvis,
+            joints=result.joints,
+            phenotype=result.phenotype,
+            prior_version=version,
+        )
+
+    def _latest_prior(self) -> tuple[int, PosePrior]:
+        """The newest published prior of the model repository, reloaded when a newer one is
+        published (as Triton's version policy serves the newest)."""
+        from shared.prior.registry import default_model_dir, latest_version, load_prior_version
+
+        folder = default_model_dir()
+        version = latest_version(folder)
+        if version is None:
+            raise FileNotFoundError(
+                f"no published pose prior in {folder}: publish one with `bodyserve train prior`"
+            )
+        if self._prior is None or self._prior[0] != version:
+            self._prior = (version, load_prior_version(folder, version))
+        return self._prior

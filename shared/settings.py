@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_image_side: int = 12_000
     max_people: int = 16
+    max_pose_samples: int = Field(
+        default=64, ge=1, description="Most poses per generate request (n) or completion (k)."
+    )
+    max_motion_frames: int = Field(
+        default=600, ge=1, description="Most frames of a motion to denoise (T)."
+    )
 
     # --- pipeline -----------------------------------------------------------------------
     torch_threads: int = 0  # 0: torch's default

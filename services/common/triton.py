@@ -1,8 +1,10 @@
 """The Triton client side of :class:`shared.inference.InferenceBackend`.
 
 :class:`TritonBackend` sends detection and fitting to the ``keypoints_2d`` and ``body_fit``
-models of ``model_repository/`` over gRPC and converts the tensors back to the domain types
-(:class:`PersonKeypoints`, :class:`FitOutputs`), so the pipeline never sees Triton.
+models of ``model_repository/`` over gRPC, and pose-prior rows to ``pose_prior`` (in chunks of
+its ``max_batch_size``), and converts the tensors back to the domain types
+(:class:`PersonKeypoints`, :class:`FitOutputs`, :class:`PriorRows`), so the pipeline never sees
+Triton.
 
 Errors:
 
@@ -27,12 +29,16 @@ from tritonclient.utils import InferenceServerException
 
 from shared.inference import (
     FIT_OUTPUT_TENSORS,
+    PRIOR_CODES,
     FitInputs,
     FitOutputs,
     InferenceBackend,
     InferenceError,
     InferenceUnavailable,
     InProcessBackend,
+    MotionInputs,
+    MotionOutputs,
+    PriorRows,
 )
 from shared.keypoints.formats import PersonKeypoints
 from shared.settings import Settings, get_settings
@@ -40,6 +46,11 @@ from shared.settings import Settings, get_settings
 KEYPOINTS_MODEL = "keypoints_2d"
 FIT_MODEL = "body_fit"
 FIT_MAX_BATCH = 32  # body_fit's max_batch_size; read from the server when it can be
+PRIOR_MODEL = "pose_prior"
+PRIOR_MAX_BATCH = 256  # pose_prior's max_batch_size; read from the server when it can be
+PRIOR_SAMPLERS = {"ode": 0, "sde": 1}  # codes of pose_prior's optional SAMPLER input
+MOTION_MODEL = "motion_denoise"
+MOTION_OUTPUTS = ("GLOBAL_ORIENT", "BODY_POSE", "PELVIS", "JOINTS", "PHENOTYPE", "PRIOR_VERSION")
 
 FIT_OUTPUTS = FIT_OUTPUT_TENSORS
 DETECT_OUTPUTS = ("COUNT", "BODY", "HANDS", "HAND_PRESENT", "BBOX", "SCORE")
@@ -122,6 +133,7 @@ class TritonBackend:
         self.fit_model = fit_model
         self.model_version = model_version  # "": Triton's version policy (latest)
         self._fit_max_batch: int | None = None
+        self._prior_config_cache: tuple[int, set[str]] | None = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -130,6 +142,12 @@ class TritonBackend:
     def _infer(
         self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
     ) -> dict[str, np.ndarray]:
+        return self._infer_versioned(model, inputs, outputs)[0]
+
+    def _infer_versioned(
+        self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """The outputs, and the version of ``model`` that computed them."""
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         try:
             result = self.client.infer(
@@ -143,7 +161,8 @@ class TritonBackend:
             raise translate_error(exc, model) from exc
         # Copies: as_numpy() views the response buffer read-only; the in-process backend's
         # arrays are writable, and callers may rely on that.
-        return {name: np.array(result.as_numpy(name)) for name in outputs}
+        arrays = {name: np.array(result.as_numpy(name)) for name in outputs}
+        return arrays, str(result.get_response().model_version)
 
     # --- detection ------------------------------------------------------------------------
 
@@ -187,9 +206,15 @@ class TritonBackend:
             _input("ITERATIONS", np.full((count, 1), inputs.iterations, np.int32)),
             _input("SEED", np.full((count, 1), inputs.seed, np.int64)),
         ]
+        if inputs.prior is not None:  # absent: the model's default (pose_prior if published)
+            if inputs.prior not in PRIOR_CODES:
+                raise ValueError(f"unknown prior {inputs.prior!r}: use {', '.join(PRIOR_CODES)}")
+            code = PRIOR_CODES[inputs.prior]
+            tensors.append(_input("PRIOR", np.full((count, 1), code, np.int32)))
         out = self._infer(self.fit_model, tensors, tuple(FIT_OUTPUTS))
         fields = {FIT_OUTPUTS[name]: value for name, value in out.items()}
         fields["reprojection_error"] = fields["reprojection_error"].reshape(count)
+        fields["prior_version"] = fields["prior_version"].reshape(count).astype(np.int32)
         return FitOutputs(**fields)
 
     def _max_fit_batch(self) -> int:
@@ -205,9 +230,107 @@ class TritonBackend:
                 raise translate_error(exc, self.fit_model) from exc
         return self._fit_max_batch
 
+    # --- pose prior -----------------------------------------------------------------------
+
+    def prior(
+        self,
+        task: int,
+        pose: np.ndarray | None,
+        known: np.ndarray | None,
+        seeds: np.ndarray,
+        steps: int,
+        noise_level: float = 0.0,
+        sampler: str = "ode",
+    ) -> PriorRows:
+        seed_rows = np.asarray(seeds, np.int64).reshape(-1)
+        rows = len(seed_rows)
+        if rows == 0:
+            raise ValueError("no rows: give at least one seed")
+        pose_rows = np.zeros((rows, 21, 3), np.float32) if pose is None else pose
+        known_rows = np.zeros((rows, 21), np.bool_) if known is None else known
+        pose_rows = np.ascontiguousarray(pose_rows, np.float32).reshape(rows, 21, 3)
+        known_rows = np.ascontiguousarray(known_rows, np.bool_).reshape(rows, 21)
+        max_batch, inputs = self._prior_config()
+        extra: dict[str, np.ndarray] = {}
+        if sampler != "ode":
+            if "SAMPLER" not in inputs:
+                raise InferenceError(
+                    f"Triton {PRIOR_MODEL}: the served model has no SAMPLER input, so it "
+                    f"samples with the ODE only; ask for sampler 'ode'"
+                )
+            extra["SAMPLER"] = np.array([[PRIOR_SAMPLERS[sampler]]], np.int32)
+        parts, versions = [], set()
+        for start in range(0, rows, max_batch):
+            stop = min(start + max_batch, rows)
+            count = stop - start
+            tensors = [
+                _input("TASK", np.full((count, 1), int(task), np.int32)),
+                _input("POSE", pose_rows[start:stop]),
+                _input("KNOWN", known_rows[start:stop]),
+                _input("SEED", seed_rows[start:stop, None]),
+                _input("STEPS", np.full((count, 1), steps, np.int32)),
+                _input("NOISE_LEVEL", np.full((count, 1), noise_level, np.float32)),
+                *(_input(name, np.repeat(value, count, 0)) for name, value in extra.items()),
+            ]
+            out, version = self._infer_versioned(PRIOR_MODEL, tensors, ("BODY_POSE",))
+            parts.append(out["BODY_POSE"].reshape(count, 21, 3))
+            versions.add(version)
+        if len(versions) > 1:
+            # A new version went live between two chunks: the rows would mix two priors.
+            raise InferenceUnavailable(
+                f"Triton {PRIOR_MODEL}: the model was reloaded mid-request (versions "
+                f"{sorted(versions)}); retry"
+            )
+        return PriorRows(body_pose=np.concatenate(parts), version=int(versions.pop()))
+
+    def _prior_config(self) -> tuple[int, set[str]]:
+        """pose_prior's max_batch_size and input names, read from the server once."""
+        if self._prior_config_cache is None:
+            try:
+                config = self.client.get_model_config(
+                    PRIOR_MODEL, self.model_version, as_json=True, client_timeout=self.timeout_s
+                )["config"]
+            except InferenceServerException as exc:
+                raise translate_error(exc, PRIOR_MODEL) from exc
+            max_batch = int(config.get("max_batch_size", 0)) or PRIOR_MAX_BATCH
+            self._prior_config_cache = (max_batch, {i["name"] for i in config.get("input", [])})
+        return self._prior_config_cache
+
+    # --- motion denoising -----------------------------------------------------------------
+
+    def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
+        """One motion to ``motion_denoise`` (no batch dimension: T frames per request)."""
+        inputs.check()
+        tensors = [
+            _input("FPS", np.array([inputs.fps], np.float32)),
+            _input("SEED", np.array([inputs.seed], np.int64)),
+        ]
+        if inputs.iterations is not None:
+            tensors.append(_input("ITERATIONS", np.array([inputs.iterations], np.int32)))
+        motion = {
+            "JOINTS": inputs.joints,
+            "GLOBAL_ORIENT": inputs.global_orient,
+            "BODY_POSE": inputs.body_pose,
+            "PELVIS": inputs.pelvis,
+        }
+        for name, value in motion.items():
+            if value is not None:
+                tensors.append(_input(name, np.asarray(value, np.float32)))
+        out = self._infer(MOTION_MODEL, tensors, MOTION_OUTPUTS)
+        version = int(out["PRIOR_VERSION"].reshape(-1)[0])
+        return MotionOutputs(
+            global_orient=out["GLOBAL_ORIENT"],
+            body_pose=out["BODY_POSE"],
+            pelvis=out["PELVIS"],
+            joints=out["JOINTS"],
+            phenotype=out["PHENOTYPE"],
+            prior_version=version or None,
+        )
+
 
 def _input(name: str, array: np.ndarray) -> grpcclient.InferInput:
     dtype = {
+        np.dtype(np.bool_): "BOOL",
         np.dtype(np.uint8): "UINT8",
         np.dtype(np.int32): "INT32",
         np.dtype(np.int64): "INT64",
@@ -251,6 +374,7 @@ def _empty_fit() -> FitOutputs:
         keypoints_2d=np.zeros((0, 33, 2), np.float32),
         keypoints_3d=np.zeros((0, 33, 3), np.float32),
         reprojection_error=np.zeros((0,), np.float32),
+        prior_version=np.zeros((0,), np.int32),
     )
 
 
@@ -279,10 +403,14 @@ def get_backend(settings: Settings | None = None) -> InferenceBackend:
 def triton_ready(
     url: str, models: tuple[str, ...] = (KEYPOINTS_MODEL, FIT_MODEL), timeout_s: float = 2.0
 ) -> bool:
-    """True when Triton at ``url`` is ready and serves every model in ``models`` (never raises)."""
+    """True when Triton at ``url`` is up and serves every model in ``models`` (never raises).
+
+    Per model, not the server's own readiness: a rejected prior version stays listed as
+    UNAVAILABLE and makes the whole server "not ready" while the previous version serves on.
+    """
     try:
         client = get_client(url)
-        if not client.is_server_ready(client_timeout=timeout_s):
+        if not client.is_server_live(client_timeout=timeout_s):
             return False
         return all(client.is_model_ready(m, client_timeout=timeout_s) for m in models)
     except Exception:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from services.gateway import errors
 from services.gateway.deps import job_store
 from services.gateway.metrics import LATENCY, REQUESTS, RedisJobCollector, registry
-from services.gateway.routes import health, jobs, mesh_recovery
+from services.gateway.routes import health, jobs, mesh_recovery, poses
 
 
 def create_app() -> FastAPI:
@@ -23,6 +23,7 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(mesh_recovery.router)
+    app.include_router(poses.router)
     app.include_router(jobs.router)
     registry.register(RedisJobCollector(job_store()))
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from services.common.jobs import Job, JobStatus, JobStore
+from services.common.stores import artifact_store, job_store
 from services.gateway.errors import ApiError
 from services.workers.celery_app import QUEUES, TASKS
 from services.workers.celery_app import app as celery_app
@@ -57,9 +61,15 @@ async def wait_for_job(job_id: str, timeout_s: float) -> dict[str, Any] | None:
     client = async_redis()
     key = JobStore.key(job_id)
     status = await client.hget(key, "status")
-    if status is None or not JobStatus(str(status)).terminal:
+    deadline = time.monotonic() + timeout_s
+    while status is None or not JobStatus(str(status)).terminal:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
         try:
-            await client.blpop([JobStore.key(job_id, "done")], timeout=timeout_s)
+            # Short slices: redis-py's async client gives up reading after its socket
+            # timeout (5 s by default), even on a blocking command with a longer timeout.
+            await client.blpop([JobStore.key(job_id, "done")], timeout=min(remaining, 2.0))
         except redis.RedisError:
             return None
         status = await client.hget(key, "status")
@@ -79,3 +89,32 @@ def job_info(request: Request, job: Job) -> JobInfo:
     # Every field of the job record but its options (the request, not its state).
     record = {k: v for k, v in asdict(job).items() if k != "options"}
     return JobInfo(**record, links=links)
+
+
+async def accept_job(
+    request: Request,
+    response: Response,
+    capability: str,
+    options: dict[str, Any],
+    *,
+    uploads: dict[str, bytes],
+    wait_s: float,
+) -> JSONResponse | JobInfo:
+    """Submit a job and answer as every capability's route does: 200 with the result when the
+    job ends within ``wait_s`` (capped by ``max_wait_s``), else 202 with the job and its
+    Location."""
+    job = await run_in_threadpool(
+        submit_job,
+        capability,
+        options,
+        uploads=uploads,
+        store=job_store(),
+        artifacts=artifact_store(),
+    )
+    location = str(request.url_for("get_job", job_id=job.id))
+    if wait_s > 0:
+        finished = await wait_for_job(job.id, min(wait_s, get_settings().max_wait_s))
+        if finished is not None:
+            return JSONResponse(finished, status_code=200, headers={"Location": location})
+    response.headers["Location"] = location
+    return job_info(request, await run_in_threadpool(job_store().get, job.id))

@@ -18,16 +18,33 @@ from kombu import Queue
 
 from shared.settings import get_settings
 
-# Capability -> queue. Later issues add pose_lifting, pose_completion, generation, datasets.
-QUEUES: dict[str, str] = {"mesh_recovery": "mesh_recovery"}
-TASKS: dict[str, str] = {"mesh_recovery": "bodyserve.mesh_recovery"}
+# Capability -> queue. The three pose-prior capabilities share the queue "poses": each job is
+# a few short calls to the pose_prior / motion_denoise Triton models (the worker holds no
+# model), so one worker service serves them all; add replicas of it to scale. Later issues
+# add pose_lifting, datasets.
+QUEUES: dict[str, str] = {
+    "mesh_recovery": "mesh_recovery",
+    "pose_generation": "poses",
+    "pose_completion": "poses",
+    "motion_denoising": "poses",
+}
+TASKS: dict[str, str] = {
+    "mesh_recovery": "bodyserve.mesh_recovery",
+    "pose_generation": "bodyserve.pose_generation",
+    "pose_completion": "bodyserve.pose_completion",
+    "motion_denoising": "bodyserve.motion_denoising",
+}
 
 settings = get_settings()
 redis_url = settings.redis_url
 
-app = Celery("bodyserve", broker=redis_url, include=["services.workers.tasks.mesh_recovery"])
+app = Celery(
+    "bodyserve",
+    broker=redis_url,
+    include=["services.workers.tasks.mesh_recovery", "services.workers.tasks.poses"],
+)
 app.conf.update(
-    task_queues=[Queue(name) for name in QUEUES.values()],
+    task_queues=[Queue(name) for name in dict.fromkeys(QUEUES.values())],
     task_routes={TASKS[c]: {"queue": q} for c, q in QUEUES.items()},
     task_default_queue="mesh_recovery",
     task_serializer="json",
@@ -60,7 +77,7 @@ def _load_models(**_: object) -> None:
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    from services.workers.tasks.mesh_recovery import warm_up
+    from services.workers.tasks.common import warm_up
 
     warm_up()
 

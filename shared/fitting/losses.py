@@ -1,16 +1,22 @@
-"""Fitting terms: robust reprojection, joint limits and a simple pose regulariser.
+"""Fitting terms: robust reprojection, joint limits, a simple pose regulariser and the learned
+pose prior.
 
-The pose regulariser here is a per-bone weighted L2 on the axis-angle; the learned pose prior
-(DPoser-style) replaces it as an option in a later issue.
+The simple regulariser is a per-bone weighted L2 on the axis-angle; :class:`PosePriorTerm` (the
+DPoser-style diffusion prior on the SMPL-X-convention body pose) replaces it on request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from shared.bodies.anny_model import AnnyBody
+from shared.bodies.smplx_convention import anny_to_smplx
+
+if TYPE_CHECKING:
+    from shared.prior.model import PosePrior
 
 
 def project(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
@@ -155,3 +161,46 @@ class JointLimits:
     def regulariser(self, pose: torch.Tensor) -> torch.Tensor:
         """(B, J, 3) -> (B,) simple pose prior: weighted squared rotation angles."""
         return (self.regulariser_weight * pose.square().sum(-1)).sum(-1)
+
+
+class PosePriorTerm:
+    """The learned pose prior as a fitting term on Anny: DPoser's truncated-timestep denoising
+    regulariser (:class:`shared.prior.sampling.PriorLoss`) on the SMPL-X-convention ``body_pose``
+    read off the posed Anny bones with the differentiable adapter.
+
+    ``body_pose`` is made of rotations local to each joint's parent, so it does not depend on
+    the frame the bones are posed in (camera or world): the adapter reads it with the identity.
+
+    Each person's noise comes from its own generator, so a person's fit does not depend on who
+    else is in the batch.
+    """
+
+    def __init__(self, prior: PosePrior, t_range: tuple[float, float] = (0.3, 0.05)) -> None:
+        from shared.prior.sampling import PriorLoss
+
+        self.prior = prior
+        self.loss = PriorLoss(prior, t_range=t_range)
+        self._identity = torch.eye(3)
+
+    def body_pose(self, bone_poses: torch.Tensor, rest_bone_poses: torch.Tensor) -> torch.Tensor:
+        """(B, J, 4, 4) posed + (B or 1, J, 4, 4) rest bone poses -> (B, 21, 3) body_pose."""
+        frame = self._identity.to(bone_poses)
+        return anny_to_smplx(bone_poses, rest_bone_poses, world_to_frame=frame)["body_pose"]
+
+    def __call__(
+        self,
+        bone_poses: torch.Tensor,
+        rest_bone_poses: torch.Tensor,
+        progress: float,
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
+        """(B,) prior loss; ``generators``: one per person (B), advanced by every call."""
+        body_pose = self.body_pose(bone_poses, rest_bone_poses)
+        if len(generators) != body_pose.shape[0]:
+            raise ValueError(f"need one generator per person, got {len(generators)}")
+        return torch.cat(
+            [
+                self.loss(body_pose[i : i + 1], progress, generator)
+                for i, generator in enumerate(generators)
+            ]
+        )

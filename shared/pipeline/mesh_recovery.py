@@ -72,6 +72,7 @@ def fit_inputs(
         camera=np.repeat(camera[None], len(people), 0),
         iterations=options.iterations,
         seed=options.seed,
+        prior=options.prior,
     )
 
 
@@ -122,6 +123,10 @@ def recover(
     started = time.perf_counter()
     fitted = backend.fit(fit_inputs(people, camera, options))
     timings["fit"] = _ms(started)
+    # One fit call serves the request's people: they share the prior (0: none was used).
+    version = int(fitted.prior_version[0])
+    result.prior = "pose_prior" if version != 0 else "none"
+    result.prior_version = version if version > 0 else None
 
     started = time.perf_counter()
     smplx_body = get_smplx_body() if options.body_model == "smplx" else None

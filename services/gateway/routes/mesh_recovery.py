@@ -7,12 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from services.common.stores import UPLOAD_NAME
-from services.gateway.deps import artifact_store, job_store, settings
+from services.gateway.deps import settings
 from services.gateway.errors import ApiError
-from services.gateway.jobs_api import job_info, submit_job, wait_for_job
+from services.gateway.jobs_api import accept_job
 from shared.io.images import ImageError, decode_image
 from shared.schemas import DEFAULT_OUTPUTS, JobInfo, MeshRecoveryOptions, MeshRecoveryResult
 from shared.settings import Settings
@@ -62,6 +61,13 @@ async def create_mesh_recovery(
     focal_length_px: Annotated[float | None, Form()] = None,
     iterations: Annotated[int, Form()] = 60,
     seed: Annotated[int, Form()] = 0,
+    prior: Annotated[
+        str | None,
+        Form(
+            description="pose_prior (the learned prior) or none (a simple regulariser); "
+            "default: pose_prior when one is published, else none"
+        ),
+    ] = None,
     wait: Annotated[
         float, Query(ge=0, description="Seconds to wait for the result before answering 202.")
     ] = 0,
@@ -75,6 +81,7 @@ async def create_mesh_recovery(
             focal_length_px=focal_length_px,
             iterations=iterations,
             seed=seed,
+            prior=prior or None,
         )
     except ValidationError as exc:
         raise ApiError(422, _options_message(exc)) from exc
@@ -99,21 +106,14 @@ async def create_mesh_recovery(
     except ImageError as exc:
         raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 422), str(exc)) from exc
 
-    job = await run_in_threadpool(
-        submit_job,
+    return await accept_job(
+        request,
+        response,
         CAPABILITY,
         options.model_dump(mode="json"),
         uploads={UPLOAD_NAME: data},
-        store=job_store(),
-        artifacts=artifact_store(),
+        wait_s=wait,
     )
-    location = str(request.url_for("get_job", job_id=job.id))
-    if wait > 0:
-        finished = await wait_for_job(job.id, min(wait, config.max_wait_s))
-        if finished is not None:
-            return JSONResponse(finished, status_code=200, headers={"Location": location})
-    response.headers["Location"] = location
-    return job_info(request, await run_in_threadpool(job_store().get, job.id))
 
 
 def _options_message(exc: ValidationError) -> str:

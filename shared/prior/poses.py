@@ -1,0 +1,156 @@
+"""Poses of the prior, made useful: on Anny, as skeletons and meshes, and how much they vary.
+
+The prior speaks SMPL-X-convention ``body_pose`` (B, 21, 3). Everything a client gets next to
+it is computed here, once for every route:
+
+- :func:`anny_pose_from_smplx`: the same pose on Anny (neutral phenotype) as Anny's
+  ``local-bone`` axis-angle pose (B, 104, 3) and root position (B, 3), through the adapter's
+  inverse map (:func:`~shared.bodies.smplx_convention.smplx_to_anny`). Reading the posed Anny
+  back with :func:`~shared.bodies.smplx_convention.anny_to_smplx` gives the body_pose again.
+- :func:`skeleton_joints`: the 22 SMPL-X body joints (pelvis first) posed on Anny's neutral
+  proportions (:class:`~shared.bodies.skeleton.BodySkeleton`).
+- :func:`rotation_spread_deg`: per joint, how far hypotheses spread around their mean rotation.
+- :func:`pose_meshes`: the posed Anny meshes as one GLB or OBJ file.
+
+Frames: SMPL-X parameters and joints in SMPL-X's (Y up, the body facing +Z at zero
+``global_orient``), metres; the Anny pose in Anny's own world (Z up, facing -Y), the same body
+(``ANNY_TO_SMPLX_WORLD`` takes one frame to the other).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal, NamedTuple
+
+import numpy as np
+import roma
+import torch
+
+from shared.bodies.base import ANNY_TO_CAMERA, ANNY_TO_SMPLX_WORLD
+
+# Bodies in one mesh file stand this far apart along x, so that they do not overlap.
+MESH_SPACING_M = 1.0
+
+
+class AnnyPose(NamedTuple):
+    pose: torch.Tensor  # (B, 104, 3) local-bone axis-angle; [0] = root, in Anny's world
+    transl: torch.Tensor  # (B, 3) root bone head, Anny's world, metres
+    phenotype: torch.Tensor  # (B, 6) the phenotype posed (neutral: 0.5)
+
+
+@lru_cache(maxsize=1)
+def _neutral_rest() -> tuple[torch.Tensor, torch.Tensor]:
+    """Anny's neutral phenotype (1, 6) and its rest bone poses (1, 104, 4, 4)."""
+    from shared.bodies.anny_model import get_anny
+
+    body = get_anny()
+    phenotype = torch.full((1, len(body.phenotype_labels)), 0.5, dtype=body.dtype)
+    with torch.no_grad():
+        rest = body.rest_bone_poses(body.blendshape_coefficients(phenotype))
+    return phenotype, rest
+
+
+def _as_tensor(array: np.ndarray | torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    if tuple(tensor.shape[1:]) != shape:
+        wanted = ", ".join(map(str, shape))
+        raise ValueError(f"{name} must have shape (B, {wanted}), got {tuple(tensor.shape)}")
+    return tensor
+
+
+def anny_pose_from_smplx(
+    body_pose: np.ndarray | torch.Tensor,
+    global_orient: np.ndarray | torch.Tensor | None = None,
+) -> AnnyPose:
+    """SMPL-X-convention body pose -> the same pose on Anny's neutral body.
+
+    Args:
+        body_pose: (B, 21, 3) axis-angle, radians, SMPL-X body joint order.
+        global_orient: (B, 3) axis-angle in SMPL-X's frame; default zero (upright, facing +Z).
+
+    Returns:
+        :class:`AnnyPose`: ``pose`` (B, 104, 3) Anny local-bone axis-angle, ``transl`` (B, 3),
+        ``phenotype`` (B, 6); pose Anny with ``AnnyBody.forward(pose, transl, phenotype)``.
+    """
+    from shared.bodies.anny_model import get_anny
+    from shared.bodies.smplx_convention import smplx_to_anny
+
+    pose = _as_tensor(body_pose, (21, 3), "body_pose")
+    batch = pose.shape[0]
+    orient = (
+        torch.zeros(batch, 3)
+        if global_orient is None
+        else _as_tensor(global_orient, (3,), "global_orient")
+    )
+    phenotype, rest = _neutral_rest()
+    with torch.no_grad():
+        deltas = smplx_to_anny(
+            {"global_orient": orient, "body_pose": pose},
+            rest,
+            reference_orientations=get_anny().model.reference_bone_orientations,
+            world_to_frame=ANNY_TO_SMPLX_WORLD,
+            parameterization="local-bone",
+        )
+    return AnnyPose(
+        pose=roma.rotmat_to_rotvec(deltas[..., :3, :3]),
+        transl=deltas[:, 0, :3, 3].clone(),
+        phenotype=phenotype.expand(batch, -1).clone(),
+    )
+
+
+def skeleton_joints(
+    body_pose: np.ndarray | torch.Tensor, global_orient: np.ndarray | torch.Tensor | None = None
+) -> np.ndarray:
+    """(B, 21, 3) body pose (+ (B, 3) orientation) -> (B, 22, 3) joint positions, metres.
+
+    The 22 SMPL-X body joints (pelvis first) on Anny's neutral proportions, the pelvis where the
+    posed Anny of :func:`anny_pose_from_smplx` has it.
+    """
+    from shared.bodies.skeleton import BodySkeleton
+
+    pose = _as_tensor(body_pose, (21, 3), "body_pose")
+    batch = pose.shape[0]
+    orient = torch.zeros(batch, 3) if global_orient is None else torch.as_tensor(global_orient)
+    skeleton = BodySkeleton.for_phenotype()
+    pelvis = _pelvis_rest().expand(batch, 3)
+    with torch.no_grad():
+        return skeleton(orient.float(), pose, pelvis).numpy()
+
+
+@lru_cache(maxsize=1)
+def _pelvis_rest() -> torch.Tensor:
+    """(1, 3) the neutral body's pelvis joint (J0) in SMPL-X's frame: where zero transl puts it."""
+    from shared.bodies.smplx_convention import tpose_joints
+
+    _, rest = _neutral_rest()
+    with torch.no_grad():
+        return tpose_joints(rest)[:, 0]
+
+
+def rotation_spread_deg(body_pose: np.ndarray) -> np.ndarray:
+    """(K, J, 3) axis-angle hypotheses -> (J,) spread of each joint's rotation, degrees.
+
+    The root-mean-square geodesic angle between each hypothesis and the joints' mean rotation
+    (the chordal L2 mean, :func:`roma.special_procrustes` of the summed matrices): a standard
+    deviation on the rotation group; 0 where every hypothesis agrees.
+    """
+    rotations = roma.rotvec_to_rotmat(torch.as_tensor(np.asarray(body_pose, np.float64)))
+    mean = roma.special_procrustes(rotations.sum(0))  # (J, 3, 3)
+    angles = roma.rotmat_geodesic_distance(rotations, mean.expand_as(rotations))  # (K, J)
+    return np.degrees(angles.square().mean(0).sqrt().numpy())
+
+
+def pose_meshes(anny: AnnyPose, fmt: Literal["glb", "obj"]) -> bytes:
+    """The posed Anny bodies as one file, a node/object per pose (``pose_0``, ``pose_1``, ...),
+    standing :data:`MESH_SPACING_M` apart along x. As every mesh of bodyserve, in the OpenCV
+    camera frame (the body upright, facing the camera): GLB turns it to glTF's Y up."""
+    from shared.bodies.anny_model import get_anny
+    from shared.io.exports import export_meshes
+
+    body = get_anny()
+    output = body.forward(anny.pose, anny.transl, anny.phenotype)
+    vertices = output.vertices.numpy().astype(np.float64) @ ANNY_TO_CAMERA.T
+    vertices[:, :, 0] += MESH_SPACING_M * np.arange(len(vertices))[:, None]
+    meshes = [(v, body.faces) for v in vertices]
+    names = [f"pose_{i}" for i in range(len(meshes))]
+    return export_meshes(meshes, fmt, names)
