@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PHOTO ?= ../shared/data/photos/codait_yogait_t6.jpg
 OUT ?= out
 
-.PHONY: setup demo test test-unit lint bench down clean
+.PHONY: setup demo test test-unit lint bench bench-prior train-prior down clean
 
 setup:
 	./scripts/setup.sh
@@ -27,6 +27,13 @@ lint:
 
 bench: setup
 	$(BIN)/python bench/mesh_recovery.py --data ../shared/data/photos --json $(OUT)/bench_mesh_recovery.json
+
+bench-prior: setup
+	$(BIN)/python bench/prior.py --data ../shared/data/mocap --json $(OUT)/bench_prior.json
+
+# Trains the pose prior on the shared CMU mocap and publishes it as the next pose_prior version.
+train-prior: setup
+	$(BIN)/bodyserve train prior --data ../shared/data/mocap --out var/train/prior
 
 down:
 	$(BIN)/bodyserve stack down
