@@ -11,29 +11,46 @@ Frame: SMPL-X's (Y up, the body faces +Z at zero ``global_orient``), metres.
 
 from __future__ import annotations
 
+import numpy as np
 import roma
 import torch
 
-from shared.bodies.smplx_convention import SMPLX_JOINT_NAMES, SMPLX_PARENTS, tpose_joints
+from shared.bodies.smplx_convention import (
+    SMPLX_BODY_JOINTS,
+    SMPLX_JOINT_NAMES,
+    SMPLX_PARENTS,
+    tpose_joints,
+    tree_levels,
+)
 
 BODY_JOINT_NAMES: tuple[str, ...] = SMPLX_JOINT_NAMES[:22]
 BODY_PARENTS: tuple[int, ...] = SMPLX_PARENTS[:22]
 NUM_BODY_JOINTS = 21  # body_pose rows (the pelvis is global_orient)
 
 
-def _levels() -> list[torch.Tensor]:
-    """Joints grouped by depth in the tree, root excluded: one vectorised step per level."""
-    depth = [0] * len(BODY_PARENTS)
-    for j in range(1, len(BODY_PARENTS)):
-        depth[j] = depth[BODY_PARENTS[j]] + 1
-    return [
-        torch.tensor([j for j in range(len(depth)) if depth[j] == d])
-        for d in range(1, max(depth) + 1)
-    ]
-
-
-_LEVELS = _levels()
+_LEVELS = tree_levels(BODY_PARENTS)
 _PARENT = torch.tensor([0, *BODY_PARENTS[1:]])
+
+
+def _twin(name: str) -> str:
+    for a, b in (("left_", "right_"), ("right_", "left_")):
+        if name.startswith(a):
+            return b + name[len(a) :]
+    return name
+
+
+# body_pose row of each joint's left/right twin (itself for the spine, neck and head).
+MIRROR_INDEX: tuple[int, ...] = tuple(SMPLX_BODY_JOINTS.index(_twin(n)) for n in SMPLX_BODY_JOINTS)
+
+
+def mirror_body_pose(body_pose: np.ndarray) -> np.ndarray:
+    """Left/right mirror image of body poses, (N, 21, 3) -> (N, 21, 3).
+
+    Reflecting SMPL-X's frame in x swaps each left joint with its right twin and negates the y and
+    z components of every axis-angle (a global orientation mirrors the same way, without the swap).
+    """
+    flip = np.array([1.0, -1.0, -1.0], dtype=body_pose.dtype)
+    return body_pose[:, list(MIRROR_INDEX)] * flip
 
 
 class BodySkeleton:

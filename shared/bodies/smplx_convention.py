@@ -215,7 +215,9 @@ _SMPLX_PARENT_INDEX = torch.tensor([0, *SMPLX_PARENTS[1:]])
 _ANNY_PARENT_INDEX = torch.tensor([0, *ANNY_BONE_PARENTS[1:]])
 
 
-def _levels(parents: tuple[int, ...]) -> list[torch.Tensor]:
+def tree_levels(parents: tuple[int, ...]) -> list[torch.Tensor]:
+    """Joints grouped by depth in a kinematic tree (``parents[0]`` is the root), root excluded:
+    forward kinematics takes one batched step per level."""
     depth = [0] * len(parents)
     for j in range(1, len(parents)):
         depth[j] = depth[parents[j]] + 1
@@ -225,7 +227,7 @@ def _levels(parents: tuple[int, ...]) -> list[torch.Tensor]:
     ]
 
 
-_SMPLX_LEVELS = _levels(SMPLX_PARENTS)
+_SMPLX_LEVELS = tree_levels(SMPLX_PARENTS)
 
 # Finger bones in SMPL-X's hand order, (side, finger, phalanx) -> Anny bone index.
 _FINGER_BONES = torch.tensor(

@@ -42,6 +42,7 @@ import numpy as np
 import roma
 import torch
 
+from shared.bodies.skeleton import mirror_body_pose
 from shared.mocap.retarget import BODY_JOINTS, BodyMotion, Retargeter
 
 if TYPE_CHECKING:
@@ -57,11 +58,6 @@ GRAVITY = 9.81
 _I = {name: i for i, name in enumerate(BODY_JOINTS)}
 _LIMBS = [_I[f"{s}_{j}"] for s in ("left", "right") for j in ("hip", "knee", "shoulder", "elbow")]
 _FEET = [_I[n] for n in ("left_ankle", "right_ankle", "left_foot", "right_foot")]
-# body_pose rows (joints 1..21) of each joint's mirror image: left_* <-> right_*.
-_MIRROR = [
-    _I[n.replace("left_", "right_") if n.startswith("left_") else n.replace("right_", "left_")] - 1
-    for n in BODY_JOINTS[1:]
-]
 
 
 @dataclass(frozen=True)
@@ -426,7 +422,7 @@ class PoseDataset:
         metadata = dict(self.metadata, mirrored=not self.metadata.get("mirrored", False))
         return replace(
             self,
-            body_pose=self.body_pose[:, _MIRROR] * flip,
+            body_pose=mirror_body_pose(self.body_pose),
             global_orient=self.global_orient * flip,
             pelvis=self.pelvis * np.array([-1.0, 1.0, 1.0], dtype=self.pelvis.dtype),
             metadata=metadata,

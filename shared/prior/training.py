@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS
+from shared.bodies.skeleton import mirror_body_pose
 from shared.prior.model import BODY_JOINTS, POSE_DIM, PosePrior, PriorConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -126,26 +126,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def mirror_body_pose(body_pose: np.ndarray) -> np.ndarray:
-    """Left/right mirror image of SMPL-X body poses: (N, 21, 3) -> (N, 21, 3).
-
-    In SMPL-X's frame the body's left-right axis is x, so mirroring (x -> -x) swaps each left
-    joint with its right twin and negates the y and z components of every axis-angle.
-    """
-    names = list(SMPLX_BODY_JOINTS)
-    twin = [
-        names.index(n.replace("left_", "right_"))
-        if n.startswith("left_")
-        else names.index(n.replace("right_", "left_"))
-        if n.startswith("right_")
-        else i
-        for i, n in enumerate(names)
-    ]
-    return (body_pose[:, twin] * np.array([1.0, -1.0, -1.0], dtype=body_pose.dtype)).astype(
-        body_pose.dtype
-    )
 
 
 def _check_poses(poses: np.ndarray, name: str, allow_empty: bool = False) -> np.ndarray:

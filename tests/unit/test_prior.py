@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from shared.bodies.skeleton import mirror_body_pose
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS
 from shared.prior import (
     BODY_JOINTS,
@@ -30,7 +31,6 @@ from shared.prior.training import (
     TrainConfig,
     TrainProgress,
     lr_factor,
-    mirror_body_pose,
     train,
 )
 
