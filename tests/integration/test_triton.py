@@ -78,13 +78,25 @@ def _assert_fit_close(a: FitOutputs, b: FitOutputs, atol: float = 1e-4) -> None:
 
 
 def _stats(url: str, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) of ``model``, summed over versions."""
-    stats = get_client(url).get_inference_statistics(model, as_json=True)
-    rows = stats["model_stats"]
-    return (
-        sum(int(r.get("inference_count", 0)) for r in rows),
-        sum(int(r.get("execution_count", 0)) for r in rows),
-    )
+    """(inference_count, execution_count) of ``model``, summed over versions, once settled:
+    Triton records a request's statistics after it has sent the response, so a read right
+    after a call returns may miss that call."""
+
+    def read() -> tuple[int, int]:
+        rows = get_client(url).get_inference_statistics(model, as_json=True)["model_stats"]
+        return (
+            sum(int(r.get("inference_count", 0)) for r in rows),
+            sum(int(r.get("execution_count", 0)) for r in rows),
+        )
+
+    last, deadline = read(), time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 @pytest.fixture(scope="module")
