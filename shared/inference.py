@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from shared.fitting.fit import BodyFitter
     from shared.keypoints.detect import PersonDetector
     from shared.prior.model import PosePrior
+    from shared.prior.registry import PublishedPrior
 
 
 class InferenceUnavailable(RuntimeError):
@@ -173,7 +174,7 @@ class InProcessBackend:
     def __init__(self) -> None:
         self._detector: PersonDetector | None = None
         self._fitter: BodyFitter | None = None
-        self._prior: tuple[int, PosePrior] | None = None  # (version, prior)
+        self._prior: PublishedPrior | None = None
 
     def load(self, detect: bool = True, fit: bool = True) -> None:
         """Load the models now rather than on first use (Triton ``initialize``, warm-up)."""
@@ -210,15 +211,19 @@ class InProcessBackend:
         noise_level: float = 0.0,
         sampler: str = "ode",
     ) -> PriorRows:
-        from shared.prior.sampling import generate
-        from shared.prior.tasks import PriorTask, parse_task, run_prior_rows
+        from shared.prior.tasks import run_prior_rows
 
         version, prior = self._latest_prior()
-        if parse_task(task) is PriorTask.GENERATE and sampler != "ode":
-            # run_prior_rows samples generate with the ODE; the SDE sampler is asked for here.
-            body_pose = generate(prior, seeds, steps, sampler)  # type: ignore[arg-type]
-        else:
-            body_pose = run_prior_rows(prior, task, pose, known, seeds, steps, noise_level)
+        body_pose = run_prior_rows(
+            prior,
+            task,
+            pose,
+            known,
+            seeds,
+            steps,
+            noise_level,
+            sampler,  # type: ignore[arg-type]
+        )
         return PriorRows(body_pose=body_pose, version=version)
 
     def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
@@ -254,16 +259,16 @@ class InProcessBackend:
         )
 
     def _latest_prior(self) -> tuple[int, PosePrior]:
-        """The newest published prior of the model repository, reloaded when a newer one is
-        published (as Triton's version policy serves the newest)."""
-        from shared.prior.registry import default_model_dir, latest_version, load_prior_version
+        """The newest published prior of the model repository (reloaded when a newer one is
+        published, as Triton's version policy serves the newest)."""
+        from shared.prior.registry import PublishedPrior
 
-        folder = default_model_dir()
-        version = latest_version(folder)
-        if version is None:
+        if self._prior is None:
+            self._prior = PublishedPrior()
+        current = self._prior.current()
+        if current is None:
             raise FileNotFoundError(
-                f"no published pose prior in {folder}: publish one with `bodyserve train prior`"
+                f"no published pose prior in {self._prior.model_dir}: publish one with "
+                "`bodyserve train prior`"
             )
-        if self._prior is None or self._prior[0] != version:
-            self._prior = (version, load_prior_version(folder, version))
-        return self._prior
+        return current

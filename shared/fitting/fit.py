@@ -24,7 +24,6 @@ Everything is in the OpenCV camera frame: Anny's root rotation maps its world in
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from pathlib import Path
@@ -42,8 +41,8 @@ from shared.inference import PRIOR_CHOICES, FitInputs, FitOutputs, PriorChoice
 
 if TYPE_CHECKING:
     from shared.prior.model import PosePrior
+    from shared.prior.registry import PublishedPrior
 
-log = logging.getLogger(__name__)
 
 # Keypoints below this detector confidence are ignored.
 MIN_CONFIDENCE = 0.3
@@ -103,12 +102,11 @@ class BodyFitter:
         self.prior_version = NO_PRIOR_VERSION
         self.prior_weight = PRIOR_WEIGHT
         self.prior_tilt_weight = PRIOR_TILT_WEIGHT
-        self._model_dir: Path | None = None
-        self._broken: set[int] = set()  # published versions that failed to load
+        self._published: PublishedPrior | None = None
         if prior == "published":
-            from shared.prior.registry import default_model_dir
+            from shared.prior.registry import PublishedPrior
 
-            self._model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+            self._published = PublishedPrior(model_dir)
             self._refresh_prior()
         elif prior is not None:
             self._prior_term = PosePriorTerm(prior, t_range=PRIOR_T_RANGE)
@@ -145,7 +143,7 @@ class BodyFitter:
         if choice not in PRIOR_CHOICES:
             raise ValueError(f"unknown prior {choice!r}: use one of {', '.join(PRIOR_CHOICES)}")
         if choice == "pose_prior" and self._prior_term is None:
-            where = self._model_dir or "this fitter"
+            where = self._published.model_dir if self._published else "this fitter"
             raise PriorNotPublished(
                 f"prior='pose_prior' needs a published pose prior, and {where} has none: "
                 "publish one with `bodyserve train prior`, or ask for prior='none'"
@@ -162,23 +160,11 @@ class BodyFitter:
     def _refresh_prior(self) -> None:
         """Loads the newest published prior when it is not the one in use (cheap otherwise: a
         folder listing)."""
-        if self._model_dir is None:
+        current = None if self._published is None else self._published.current()
+        if current is None or current[0] == self.prior_version:
             return
-        from shared.prior.registry import latest_version, load_prior_version
-
-        version = latest_version(self._model_dir)
-        if version is None or version == self.prior_version:
-            return
-        try:
-            prior = load_prior_version(self._model_dir, version)
-        except Exception as exc:  # whatever is wrong with the file
-            # A broken publication must not take the fits down: keep the prior in use.
-            log.error(
-                "pose prior version %s in %s does not load: %s", version, self._model_dir, exc
-            )
-            return
-        self._prior_term = PosePriorTerm(prior, t_range=PRIOR_T_RANGE)
-        self.prior_version = version
+        self.prior_version = current[0]
+        self._prior_term = PosePriorTerm(current[1], t_range=PRIOR_T_RANGE)
 
     # ------------------------------------------------------------------ stages
     def _targets(self, inputs: FitInputs) -> torch.Tensor:

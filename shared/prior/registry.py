@@ -25,6 +25,7 @@ same versions that Triton serves.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,29 @@ def load_prior_version(
             f"{RECORD_FILENAME}); publish one with `bodyserve train prior`"
         )
     return PosePrior.load(folder / PRIOR_FILENAME, map_location=map_location)
+
+
+class PublishedPrior:
+    """The newest published prior of a model folder, for in-process users (the fitter, the
+    in-process backend): loaded once, and again only when a newer version is published (a
+    folder listing per call otherwise), as Triton's version policy serves the newest. A version
+    that fails to load is logged and skipped: the one in use stays."""
+
+    def __init__(self, model_dir: str | Path | None = None) -> None:
+        self.model_dir = _model_dir(model_dir)
+        self._current: tuple[int, PosePrior] | None = None
+
+    def current(self) -> tuple[int, PosePrior] | None:
+        """``(version, prior)`` of the newest loadable version, or None when none is."""
+        version = latest_version(self.model_dir)
+        if version is not None and (self._current is None or self._current[0] != version):
+            try:
+                self._current = (version, load_prior_version(self.model_dir, version))
+            except Exception as exc:  # whatever is wrong with the file
+                logging.getLogger(__name__).error(
+                    "pose prior version %s in %s does not load: %s", version, self.model_dir, exc
+                )
+        return self._current
 
 
 def load_latest_prior(
