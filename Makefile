@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PHOTO ?= ../shared/data/photos/codait_yogait_t6.jpg
 OUT ?= out
 
-.PHONY: setup demo test test-unit lint bench bench-prior train-prior down clean
+.PHONY: setup demo test test-unit lint bench bench-prior bench-lifting train-prior down clean
 
 setup:
 	./scripts/setup.sh
@@ -30,6 +30,9 @@ bench: setup
 
 bench-prior: setup
 	$(BIN)/python bench/prior.py --data ../shared/data/mocap --json $(OUT)/bench_prior.json
+
+bench-lifting: setup
+	$(BIN)/python bench/lifting.py --data ../shared/data/mocap --json $(OUT)/bench_lifting.json
 
 # Trains the pose prior on the shared CMU mocap and publishes it as the next pose_prior version.
 train-prior: setup

@@ -41,6 +41,7 @@ from scipy.ndimage import gaussian_filter1d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import apply_torch_threads, load_prior, load_split, procrustes_aligned
 from shared.bodies.anny_model import FIT_KEYPOINTS, get_anny
 from shared.bodies.base import ANNY_TO_CAMERA
 from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
@@ -48,11 +49,9 @@ from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, SMPLX_TO_ANNY
 from shared.fitting.fit import BodyFitter
 from shared.fitting.losses import project
 from shared.inference import FitInputs
-from shared.mocap.dataset import DEFAULT_VALID_SUBJECTS, PoseDataset, build_dataset
+from shared.mocap.dataset import DEFAULT_VALID_SUBJECTS, PoseDataset
 from shared.prior import PosePrior, complete, generate
 from shared.prior.poses import anny_pose_from_smplx, skeleton_joints
-from shared.prior.registry import default_model_dir, latest_version, version_dir
-from shared.settings import get_settings
 
 console = Console()
 
@@ -65,16 +64,6 @@ DPOSER_AMASS = {"completion_leg_min_mm": 38.8, "completion_leg_mean_mm": 78.3, "
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def load_prior(path: Path | None) -> tuple[PosePrior, str]:
-    if path is not None:
-        return PosePrior.load(path), str(path)
-    model_dir = default_model_dir()
-    version = latest_version(model_dir)
-    if version is None:
-        raise typer.BadParameter(f"no published prior in {model_dir}; train one or pass --prior")
-    return PosePrior.load(version_dir(model_dir, version)), f"pose_prior version {version}"
 
 
 def anny_vertices(body_pose: np.ndarray, chunk: int = 200) -> np.ndarray:
@@ -145,21 +134,6 @@ def limit_violations(body_pose: np.ndarray) -> float:
         if "knee" in name:
             bad |= torch.rad2deg(off_axis) > HINGE_SLACK_DEG
     return float(bad.double().mean())
-
-
-def procrustes_aligned(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(B, J, 3) predicted similarity-aligned to truth per row."""
-    p = predicted - predicted.mean(1, keepdims=True)
-    t = truth - truth.mean(1, keepdims=True)
-    u, s, vt = np.linalg.svd(np.einsum("bji,bjk->bik", p, t))
-    sign = np.sign(np.linalg.det(np.einsum("bij,bjk->bik", u, vt)))
-    s[:, -1] *= sign
-    u[:, :, -1] *= sign[:, None]
-    rotation = np.einsum("bij,bjk->bik", u, vt)
-    scale = s.sum(1) / np.square(p).sum((1, 2))
-    return scale[:, None, None] * np.einsum("bji,bik->bjk", p, rotation) + truth.mean(
-        1, keepdims=True
-    )
 
 
 # --------------------------------------------------------------------------- tasks
@@ -487,19 +461,9 @@ def main(
     denoise_windows: Annotated[int, typer.Option(help="60-frame windows per noise level.")] = 20,
     fitting_cases: Annotated[int, typer.Option(help="Synthetic people to fit.")] = 100,
 ) -> None:
-    threads = get_settings().torch_threads
-    if threads:
-        torch.set_num_threads(threads)
+    apply_torch_threads()
     subjects = tuple(s.strip() for s in valid_subjects.split(",") if s.strip())
-    if dataset_cache is not None and dataset_cache.exists():
-        dataset = PoseDataset.load(dataset_cache)
-    else:
-        dataset = build_dataset(data, valid_subjects=subjects)
-        if dataset_cache is not None:
-            dataset.save(dataset_cache)
-    train, valid = dataset.subset("train"), dataset.subset("valid")
-    if len(valid.body_pose) == 0:
-        raise typer.BadParameter(f"no frames of the validation subjects {subjects} in {data}")
+    train, valid = load_split(data, subjects, dataset_cache)
     prior, prior_name = load_prior(prior_path)
     figures: dict[str, Any] = {
         "prior": prior_name,

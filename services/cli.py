@@ -80,6 +80,9 @@ def recover(
     outputs: str = "glb,overlay,npz,json",
     iterations: int = 60,
     seed: int = 0,
+    hypotheses: Annotated[
+        int, typer.Option(help="Also sample N bodies per person (spread.png with overlay).")
+    ] = 1,
 ) -> None:
     """Recover 3D bodies from photos, in this process (no server needed)."""
     from shared.inference import InProcessBackend
@@ -93,6 +96,7 @@ def recover(
         outputs=[o.strip() for o in outputs.split(",")],
         iterations=iterations,
         seed=seed,
+        hypotheses=hypotheses,
     )
     backend = InProcessBackend()
     with Progress(

@@ -41,8 +41,8 @@ from pathlib import Path
 
 from shared.settings import REPO_ROOT, Settings, get_settings
 
-MODELS: tuple[str, ...] = ("keypoints_2d", "body_fit")
-"""The models of ``model_repository/`` that the pipeline needs."""
+MODELS: tuple[str, ...] = ("keypoints_2d", "body_fit", "pose_lift")
+"""The models of ``model_repository/`` the stack waits for (every model of the repository loads)."""
 
 DEFAULT_HTTP_PORT = 8100
 DEFAULT_GRPC_PORT = 8101

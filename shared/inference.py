@@ -136,6 +136,31 @@ class MotionOutputs:
     prior_version: int | None  # the published pose prior version used; None: none published
 
 
+@dataclass
+class LiftInputs:
+    """Tracks of 2D keypoints to lift to 3D hypotheses: S tracks of T frames (one image of P
+    people: S = P, T = 1). Keypoints are ``shared.lifting.keypoints.LIFT_KEYPOINTS``
+    (mediapipe33) in pixels + confidence; convert other formats first."""
+
+    keypoints: np.ndarray  # (S, T, 33, 3) float32 pixels + confidence (0: missing)
+    camera: np.ndarray  # (S, 4) float32 fx, fy, cx, cy in pixels
+    hypotheses: int  # N per track and frame
+    seeds: np.ndarray  # (S,) int64, one per track
+
+
+@dataclass
+class LiftOutputs:
+    """N hypotheses per track and frame, OpenCV camera frame, metres, SMPL-X convention."""
+
+    global_orient: np.ndarray  # (S, T, N, 3) float32 axis-angle
+    body_pose: np.ndarray  # (S, T, N, 21, 3) float32 axis-angle
+    pelvis: np.ndarray  # (S, T, N, 3) float32
+    joints: np.ndarray  # (S, T, N, 22, 3) float32, shared.bodies.skeleton.BODY_JOINT_NAMES
+    keypoints_2d: np.ndarray  # (S, T, N, 33, 2) float32 reprojected keypoints, pixels
+    reprojection_error: np.ndarray  # (S, T, N) float32 mean px error, confident keypoints
+    prior_version: int  # the published pose prior version used
+
+
 class InferenceBackend(Protocol):
     def detect(self, image: np.ndarray, max_people: int) -> list[PersonKeypoints]:
         """People in an RGB uint8 ``(H, W, 3)`` image, most confident first."""
@@ -165,6 +190,11 @@ class InferenceBackend(Protocol):
     def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
         """A jittery motion made smooth and plausible (``shared.fitting.motion``), with the
         newest published pose prior (without one when none is published)."""
+        ...
+
+    def lift(self, inputs: LiftInputs) -> LiftOutputs:
+        """2D keypoint tracks -> N 3D hypotheses per frame by the prior's reprojection-guided
+        sampler (``shared.lifting.lift``), with the newest published pose prior."""
         ...
 
 
@@ -257,6 +287,13 @@ class InProcessBackend:
             phenotype=result.phenotype,
             prior_version=version,
         )
+
+    def lift(self, inputs: LiftInputs) -> LiftOutputs:
+        from shared.lifting.lift import lift
+
+        version, prior = self._latest_prior()
+        result = lift(prior, inputs.keypoints, inputs.camera, inputs.hypotheses, inputs.seeds)
+        return LiftOutputs(**vars(result), prior_version=version)
 
     def _latest_prior(self) -> tuple[int, PosePrior]:
         """The newest published prior of the model repository (reloaded when a newer one is

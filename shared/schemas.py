@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from shared.keypoints.formats import FORMATS
 from shared.settings import get_settings
 
 
@@ -29,6 +38,8 @@ CONTENT_TYPES = {
     "mesh.obj": "text/plain",
     "mesh.ply": "application/octet-stream",
     "overlay.png": "image/png",
+    # With hypotheses > 1 and the overlay output: every hypothesis on the photo and from the side.
+    "spread.png": "image/png",
     "params.npz": "application/octet-stream",
     "result.json": "application/json",
     # Pose generation / completion (outputs "mesh") and motion denoising.
@@ -77,11 +88,38 @@ class MeshRecoveryOptions(BaseModel):
         "published) or 'none' (a simple regulariser). Default: 'pose_prior' when a prior is "
         "published, else 'none'; the result says which was used.",
     )
+    hypotheses: int = Field(
+        1,
+        ge=1,
+        description="3D bodies per person: 1 (default) is the deterministic fit alone; 2 up to "
+        "BODYSERVE_MAX_LIFT_HYPOTHESES also samples that many bodies per person consistent with "
+        "the photo (guided by the pose prior), with each joint's uncertainty, and adds "
+        "spread.png to the overlay output.",
+    )
 
     @field_validator("outputs")
     @classmethod
     def _unique(cls, value: list[Output]) -> list[Output]:
         return list(dict.fromkeys(value))
+
+    @field_validator("hypotheses")
+    @classmethod
+    def _hypotheses_within_limit(cls, value: int) -> int:
+        return _check_count(
+            value, get_settings().max_lift_hypotheses, "hypotheses", "max_lift_hypotheses"
+        )
+
+    @model_validator(mode="after")
+    def _lift_rows_within_limit(self) -> MeshRecoveryOptions:
+        # Every detected person is lifted N times: bound the worst case like the lift route.
+        if self.hypotheses > 1:
+            _check_count(
+                self.max_people * self.hypotheses,
+                get_settings().max_lift_rows,
+                f"max_people x hypotheses ({self.max_people} x {self.hypotheses})",
+                "max_lift_rows",
+            )
+        return self
 
 
 class SmplxParams(BaseModel):
@@ -119,6 +157,39 @@ class PersonResult(BaseModel):
     hands_detected: list[str]
     smplx: SmplxParams
     anny: AnnyParams
+    # With hypotheses > 1 only (left out of the answer otherwise, which stays as it was).
+    hypotheses: list[LiftedPose] | None = Field(
+        None,
+        description="N sampled bodies consistent with the photo, SMPL-X convention in the camera "
+        "frame; keypoints_2d are mediapipe33. The fit above stays the person's main body.",
+    )
+    uncertainty: dict[str, float] | None = Field(
+        None,
+        description="Per joint (sampling.joint_names): the hypotheses' spread about their mean, "
+        "pelvis-relative, per-axis standard deviation in millimetres.",
+    )
+    ambiguous_joints: list[str] | None = Field(
+        None, description="Joints whose spread exceeds sampling.ambiguous_spread_mm."
+    )
+    representative: int | None = Field(
+        None, description="Index of the medoid hypothesis (closest on average to the others)."
+    )
+
+    # No return annotation: one would replace this model's schema in the OpenAPI document.
+    @model_serializer(mode="wrap")
+    def _omit_unsampled(self, handler: SerializerFunctionWrapHandler):
+        return _omit_none(handler(self), self.hypotheses is None, _PERSON_SAMPLING_FIELDS)
+
+
+_PERSON_SAMPLING_FIELDS = ("hypotheses", "uncertainty", "ambiguous_joints", "representative")
+
+
+def _omit_none(data: Any, unset: bool, keys: tuple[str, ...]) -> Any:
+    """``data`` without ``keys`` when ``unset``: answers without hypotheses keep today's shape."""
+    if unset and isinstance(data, dict):
+        for key in keys:
+            data.pop(key, None)
+    return data
 
 
 class Camera(BaseModel):
@@ -151,6 +222,28 @@ class MeshRecoveryResult(BaseModel):
         default_factory=dict, description="Artifact name -> content type."
     )
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    sampling: HypothesisSampling | None = Field(
+        None,
+        description="How each person's hypotheses were sampled (left out with hypotheses=1).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unsampled(self, handler: SerializerFunctionWrapHandler):
+        return _omit_none(handler(self), self.sampling is None, ("sampling",))
+
+
+class HypothesisSampling(BaseModel):
+    """The hypotheses of a mesh recovery with hypotheses > 1."""
+
+    hypotheses: int = Field(description="N bodies per person.")
+    seeds: list[int] = Field(description="The seed of each person's hypotheses: seed + i.")
+    prior_version: int = Field(description="The pose_prior version that guided the sampling.")
+    joint_names: list[str] = Field(
+        default_factory=lambda: list(SKELETON_JOINTS),
+        description="Row names of each hypothesis' joints_3d.",
+    )
+    ambiguous_spread_mm: float = Field(description="The spread above which a joint is ambiguous.")
+    frame: str = "camera (OpenCV): x right, y down, z ahead; metres"
 
 
 class JobInfo(BaseModel):
@@ -553,4 +646,263 @@ class MotionDenoiseResult(BaseModel):
     prior_version: int | None = Field(None, description="The pose prior version used, if any.")
     frame: str = "SMPL-X: Y up, the body facing +Z at zero global_orient; metres"
     artifacts: dict[str, str] = Field(default_factory=dict)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+# =========================================================================== lifting
+#
+# POST /v1/poses/lift: 2D keypoints (one image of several people, or tracks over frames) in a
+# named format -> N 3D hypotheses each, in the OpenCV camera frame, with a summary.
+
+LiftFormat = Literal["coco17", "coco17_feet", "mediapipe33"]
+LIFT_FORMATS: tuple[str, ...] = get_args(LiftFormat)
+# The lifter ignores keypoints below this confidence (shared.lifting.lift.MIN_CONFIDENCE, spelled
+# out so that the gateway validates without torch; tests/unit/test_lift_schemas.py checks both).
+LIFT_MIN_CONFIDENCE = 0.3
+# The most bodies one lifting mesh file may hold (each ~14k vertices).
+MAX_LIFT_MESH_BODIES = 64
+
+
+class ImageSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(ge=1, le=100_000, description="Image width, pixels.")
+    height: int = Field(ge=1, le=100_000, description="Image height, pixels.")
+
+
+class Intrinsics(BaseModel):
+    """Pinhole intrinsics in pixels (OpenCV: x right, y down, origin at the top-left corner)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    fx: float = Field(gt=0, le=1_000_000)
+    fy: float = Field(gt=0, le=1_000_000)
+    cx: float = Field(ge=-1_000_000, le=1_000_000)
+    cy: float = Field(ge=-1_000_000, le=1_000_000)
+
+
+class PoseLiftRequest(BaseModel):
+    """POST /v1/poses/lift: 2D keypoints -> N 3D pose hypotheses per person (or per frame).
+
+    The keypoints: ``people`` (P people of one image, each K x [x, y, confidence]) or ``tracks``
+    (tracks of T frames of one person each, lifted with temporal consistency), exactly one.
+    K is the ``format``'s keypoint count; confidence 0 marks a missing keypoint (COCO
+    visibility: send 0 for v=0 and 1 for v>0).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    format: LiftFormat = Field(
+        description="Keypoint format: coco17 (17), coco17_feet (23: COCO-WholeBody's feet "
+        "too) or mediapipe33 (33, BlazePose)."
+    )
+    people: list[list[list[float]]] | None = Field(
+        None, description="P people x K keypoints x [x, y, confidence], pixels."
+    )
+    tracks: list[list[list[list[float]]]] | None = Field(
+        None, description="Tracks x T frames x K keypoints x [x, y, confidence], pixels."
+    )
+    image_size: ImageSize = Field(description="Sets the default camera (a ~50° field of view).")
+    intrinsics: Intrinsics | None = Field(
+        None, description="Camera intrinsics in pixels; default from image_size."
+    )
+    hypotheses: int = Field(
+        10, ge=1, description="N per person or frame (at most BODYSERVE_MAX_LIFT_HYPOTHESES)."
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Person (or track) i is lifted with seed + i."
+    )
+    outputs: list[PoseOutput] = Field(
+        default_factory=lambda: [PoseOutput.params],
+        description="params (always returned) and optionally mesh: the lifted Anny bodies in "
+        "the camera frame as one file (mesh_format), of mesh_hypotheses.",
+    )
+    mesh_format: Literal["glb", "obj"] = "glb"
+    anny_params: bool = Field(
+        False,
+        description="Also give each hypothesis as Anny parameters (104 x 3 local-bone "
+        "axis-angle, root into the camera frame): about 4 kB per hypothesis.",
+    )
+    mesh_hypotheses: Literal["representative", "all"] = Field(
+        "representative",
+        description="The bodies of the mesh: each person's (frame's) representative hypothesis, "
+        f"or all hypotheses (at most {MAX_LIFT_MESH_BODIES} bodies in all).",
+    )
+
+    @field_validator("hypotheses")
+    @classmethod
+    def _n_within_limit(cls, value: int) -> int:
+        return _check_count(
+            value, get_settings().max_lift_hypotheses, "hypotheses", "max_lift_hypotheses"
+        )
+
+    @field_validator("outputs")
+    @classmethod
+    def _with_params(cls, value: list[PoseOutput]) -> list[PoseOutput]:
+        return list(dict.fromkeys([PoseOutput.params, *value]))
+
+    @model_validator(mode="after")
+    def _keypoints(self) -> PoseLiftRequest:
+        if (self.people is None) == (self.tracks is None):
+            raise _invalid(
+                "one_of",
+                "give the keypoints as exactly one of people (P x K x [x, y, confidence], one "
+                "image) or tracks (tracks x T frames x K x [x, y, confidence])",
+            )
+        settings = get_settings()
+        names = FORMATS[self.format]
+        what = f"{len(names)} {self.format} keypoints x [x, y, confidence]"
+        if self.people is not None:
+            if not self.people:
+                raise _invalid("empty", "people is empty: send at least one person")
+            for i, person in enumerate(self.people):
+                _check_keypoints(
+                    check_array(person, (len(names), 3), f"people[{i}]", what), f"people[{i}]"
+                )
+        else:
+            assert self.tracks is not None
+            if not self.tracks:
+                raise _invalid("empty", "tracks is empty: send at least one track")
+            for i, track in enumerate(self.tracks):
+                name = f"tracks[{i}]"
+                if not track:
+                    raise _invalid("empty", f"{name} has no frames; send at least one")
+                _check_count(
+                    len(track),
+                    settings.max_motion_frames,
+                    f"{name}: T (frames)",
+                    "max_motion_frames",
+                )
+                frames = check_array(track, (None, len(names), 3), name, f"T frames x {what}")
+                for t, frame in enumerate(frames):
+                    _check_keypoints(frame, f"{name} frame {t}")
+        rows = self.row_count()
+        _check_count(
+            rows * self.hypotheses,
+            settings.max_lift_rows,
+            f"{'people' if self.people is not None else 'frames'} x hypotheses "
+            f"({rows} x {self.hypotheses})",
+            "max_lift_rows",
+        )
+        if PoseOutput.mesh in self.outputs:
+            bodies = rows * (self.hypotheses if self.mesh_hypotheses == "all" else 1)
+            if bodies > MAX_LIFT_MESH_BODIES:
+                raise _invalid(
+                    "limit",
+                    f"the mesh would hold {bodies} bodies, at most {MAX_LIFT_MESH_BODIES} fit "
+                    "in one file: ask for mesh_hypotheses 'representative', fewer hypotheses, "
+                    "or leave mesh out of outputs",
+                )
+        return self
+
+    def row_count(self) -> int:
+        """People, or frames over all tracks: what the hypotheses multiply."""
+        if self.people is not None:
+            return len(self.people)
+        return sum(len(track) for track in self.tracks or [])
+
+    def track_keypoints(self) -> list[np.ndarray]:
+        """One (T, K, 3) float32 array per track; each person is a track of one frame."""
+        if self.people is not None:
+            return [np.asarray(person, np.float32)[None] for person in self.people]
+        return [np.asarray(track, np.float32) for track in self.tracks or []]
+
+    def seeds(self) -> list[int]:
+        """The seed of each person (track): ``seed + i``."""
+        count = len(self.people if self.people is not None else self.tracks or [])
+        return [self.seed + i for i in range(count)]
+
+
+def _check_keypoints(keypoints: np.ndarray, name: str) -> None:
+    """(K, 3) keypoints: confidences in [0, 1], at least one the lifter uses."""
+    confidence = keypoints[:, 2]
+    bad = np.flatnonzero((confidence < 0) | (confidence > 1))
+    if len(bad):
+        raise _invalid(
+            "confidence",
+            f"{name}: a confidence (the third number of a keypoint) must be in [0, 1], got "
+            f"{confidence[bad[0]]:g} at keypoint {bad[0]}; COCO visibility flags: send 0 for "
+            "v=0 (missing) and 1 for v>0",
+        )
+    if not (confidence >= LIFT_MIN_CONFIDENCE).any():
+        raise _invalid(
+            "no_keypoints",
+            f"{name} has no keypoint with confidence >= {LIFT_MIN_CONFIDENCE}: nothing to lift "
+            "(leave it out, or fill the frame in from its neighbours)",
+        )
+
+
+class SmplxBodyParams(BaseModel):
+    """SMPL-X-convention body parameters in the camera frame (OpenCV: x right, y down, z ahead;
+    metres). Hands, face and shape are neutral (flat hands, zero betas)."""
+
+    global_orient: list[float] = Field(description="3 axis-angle: body frame -> camera.")
+    body_pose: list[list[float]] = Field(description="21 x 3 axis-angle, SMPL-X joint order.")
+    transl: list[float] = Field(description="3, SMPL-X transl (pelvis minus the rest pelvis).")
+    pelvis: list[float] = Field(description="3, the pelvis joint in the camera frame.")
+
+
+class LiftedPose(BaseModel):
+    """One 3D hypothesis of one person in one image (or one frame of a track)."""
+
+    smplx: SmplxBodyParams
+    joints_3d: list[list[float]] = Field(
+        description="22 x 3 joint positions in the camera frame (metres), order: joint_names."
+    )
+    keypoints_2d: list[list[float] | None] = Field(
+        description="K x 2 the hypothesis' keypoints reprojected (pixels), in the request's "
+        "format; null for the keypoints the body model has no counterpart of."
+    )
+    reprojection_error_px: float = Field(
+        description="Mean distance to the keypoints given with confidence >= 0.3, pixels."
+    )
+    anny: AnnyParams | None = Field(
+        None,
+        description="The same body on Anny (neutral phenotype; root into the camera frame), "
+        "when the request sets anny_params.",
+    )
+
+
+class LiftSummary(BaseModel):
+    representative: int = Field(
+        description="Index of the medoid hypothesis (closest on average to the others)."
+    )
+    spread_mm: dict[str, float] = Field(
+        description="Per joint (pelvis-relative): the hypotheses' standard deviation per axis, "
+        "millimetres."
+    )
+    ambiguous_joints: list[str] = Field(
+        description="Joints whose spread exceeds ambiguous_spread_mm."
+    )
+
+
+class LiftedFrame(BaseModel):
+    hypotheses: list[LiftedPose]
+    summary: LiftSummary
+
+
+class LiftedTrack(BaseModel):
+    seed: int
+    frames: list[LiftedFrame]
+
+
+class PoseLiftResult(BaseModel):
+    format: str
+    keypoint_names: list[str] = Field(description="Row names of keypoints_2d (the format's).")
+    joint_names: list[str] = Field(default_factory=lambda: list(SKELETON_JOINTS))
+    camera: Camera
+    hypotheses: int
+    seed: int
+    people: list[LiftedFrame] | None = Field(
+        None, description="Per person of the request (people), in order; person i: seed + i."
+    )
+    tracks: list[LiftedTrack] | None = Field(
+        None, description="Per track of the request (tracks), in order; track i: seed + i."
+    )
+    ambiguous_spread_mm: float = Field(description="The spread above which a joint is ambiguous.")
+    prior_version: int = Field(description="The pose_prior version that guided the sampling.")
+    frame: str = "camera (OpenCV): x right, y down, z ahead; metres"
+    artifacts: dict[str, str] = Field(
+        default_factory=dict, description="Artifact name -> content type."
+    )
     timings_ms: dict[str, float] = Field(default_factory=dict)

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     max_motion_frames: int = Field(
         default=600, ge=1, description="Most frames of a motion to denoise (T)."
     )
+    max_lift_hypotheses: int = Field(
+        default=50, ge=1, le=64, description="Most 3D hypotheses per person or frame (N)."
+    )
+    max_lift_rows: int = Field(
+        default=4000,
+        ge=1,
+        description="Most people-or-frames times hypotheses in one lifting request: bounds its "
+        "cost (about 1 s of CPU per 1,000).",
+    )
 
     # --- pipeline -----------------------------------------------------------------------
     torch_threads: int = 0  # 0: torch's default

@@ -1,10 +1,11 @@
 """The Triton client side of :class:`shared.inference.InferenceBackend`.
 
 :class:`TritonBackend` sends detection and fitting to the ``keypoints_2d`` and ``body_fit``
-models of ``model_repository/`` over gRPC, and pose-prior rows to ``pose_prior`` (in chunks of
-its ``max_batch_size``), and converts the tensors back to the domain types
-(:class:`PersonKeypoints`, :class:`FitOutputs`, :class:`PriorRows`), so the pipeline never sees
-Triton.
+models of ``model_repository/`` over gRPC, pose-prior rows to ``pose_prior`` and keypoint
+tracks to ``pose_lift`` (in chunks of their ``max_batch_size``), motions to ``motion_denoise``,
+and converts the tensors back to the domain types (:class:`PersonKeypoints`,
+:class:`FitOutputs`, :class:`PriorRows`, :class:`LiftOutputs`, :class:`MotionOutputs`), so the
+pipeline never sees Triton.
 
 Errors:
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,8 @@ from shared.inference import (
     InferenceError,
     InferenceUnavailable,
     InProcessBackend,
+    LiftInputs,
+    LiftOutputs,
     MotionInputs,
     MotionOutputs,
     PriorRows,
@@ -51,6 +55,10 @@ PRIOR_MAX_BATCH = 256  # pose_prior's max_batch_size; read from the server when 
 PRIOR_SAMPLERS = {"ode": 0, "sde": 1}  # codes of pose_prior's optional SAMPLER input
 MOTION_MODEL = "motion_denoise"
 MOTION_OUTPUTS = ("GLOBAL_ORIENT", "BODY_POSE", "PELVIS", "JOINTS", "PHENOTYPE", "PRIOR_VERSION")
+LIFT_MODEL = "pose_lift"
+LIFT_MAX_BATCH = 64  # pose_lift's max_batch_size (tracks); read from the server when it can be
+# pose_lift's output tensors: each LiftOutputs field, upper-cased.
+LIFT_OUTPUTS: dict[str, str] = {f.name.upper(): f.name for f in fields(LiftOutputs)}
 
 FIT_OUTPUTS = FIT_OUTPUT_TENSORS
 DETECT_OUTPUTS = ("COUNT", "BODY", "HANDS", "HAND_PRESENT", "BBOX", "SCORE")
@@ -134,6 +142,7 @@ class TritonBackend:
         self.model_version = model_version  # "": Triton's version policy (latest)
         self._fit_max_batch: int | None = None
         self._prior_config_cache: tuple[int, set[str]] | None = None
+        self._lift_max_batch: int | None = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -326,6 +335,52 @@ class TritonBackend:
             phenotype=out["PHENOTYPE"],
             prior_version=version or None,
         )
+
+    # --- lifting ----------------------------------------------------------------------------
+
+    def lift(self, inputs: LiftInputs) -> LiftOutputs:
+        """Tracks to ``pose_lift`` in chunks of its ``max_batch_size`` (each track carries its
+        own seed, so chunking does not change a result)."""
+        keypoints = np.ascontiguousarray(inputs.keypoints, np.float32)
+        if keypoints.ndim != 4 or keypoints.shape[2:] != (33, 3) or len(keypoints) == 0:
+            raise ValueError(f"keypoints must be (S >= 1, T, 33, 3), got {keypoints.shape}")
+        tracks = len(keypoints)
+        camera = np.ascontiguousarray(inputs.camera, np.float32).reshape(tracks, 4)
+        seeds = np.ascontiguousarray(inputs.seeds, np.int64).reshape(tracks, 1)
+        step = self._max_lift_batch()
+        parts, versions = [], set()
+        for start in range(0, tracks, step):
+            stop = min(start + step, tracks)
+            tensors = [
+                _input("KEYPOINTS", keypoints[start:stop]),
+                _input("CAMERA", camera[start:stop]),
+                _input("HYPOTHESES", np.full((stop - start, 1), inputs.hypotheses, np.int32)),
+                _input("SEED", seeds[start:stop]),
+            ]
+            out = self._infer(LIFT_MODEL, tensors, tuple(LIFT_OUTPUTS))
+            versions.add(int(out.pop("PRIOR_VERSION").reshape(-1)[0]))
+            parts.append(out)
+        if len(versions) > 1:
+            # A new prior went live between two chunks: the tracks would mix two priors.
+            raise InferenceUnavailable(
+                f"Triton {LIFT_MODEL}: the pose prior changed mid-request (versions "
+                f"{sorted(versions)}); retry"
+            )
+        arrays = {
+            LIFT_OUTPUTS[name]: np.concatenate([part[name] for part in parts]) for name in parts[0]
+        }
+        return LiftOutputs(**arrays, prior_version=versions.pop())
+
+    def _max_lift_batch(self) -> int:
+        if self._lift_max_batch is None:
+            try:
+                config = self.client.get_model_config(
+                    LIFT_MODEL, self.model_version, as_json=True, client_timeout=self.timeout_s
+                )
+            except InferenceServerException as exc:
+                raise translate_error(exc, LIFT_MODEL) from exc
+            self._lift_max_batch = int(config["config"].get("max_batch_size", 0)) or LIFT_MAX_BATCH
+        return self._lift_max_batch
 
 
 def _input(name: str, array: np.ndarray) -> grpcclient.InferInput:

@@ -18,20 +18,22 @@ from kombu import Queue
 
 from shared.settings import get_settings
 
-# Capability -> queue. The three pose-prior capabilities share the queue "poses": each job is
-# a few short calls to the pose_prior / motion_denoise Triton models (the worker holds no
+# Capability -> queue. The pose-prior capabilities share the queue "poses": each job is a few
+# short calls to the pose_prior / pose_lift / motion_denoise Triton models (the worker holds no
 # model), so one worker service serves them all; add replicas of it to scale. Later issues
-# add pose_lifting, datasets.
+# add datasets.
 QUEUES: dict[str, str] = {
     "mesh_recovery": "mesh_recovery",
     "pose_generation": "poses",
     "pose_completion": "poses",
+    "pose_lifting": "poses",
     "motion_denoising": "poses",
 }
 TASKS: dict[str, str] = {
     "mesh_recovery": "bodyserve.mesh_recovery",
     "pose_generation": "bodyserve.pose_generation",
     "pose_completion": "bodyserve.pose_completion",
+    "pose_lifting": "bodyserve.pose_lifting",
     "motion_denoising": "bodyserve.motion_denoising",
 }
 

@@ -18,13 +18,17 @@ import numpy as np
 from PIL import Image
 
 from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
-from shared.inference import FitInputs, FitOutputs, InferenceBackend
+from shared.inference import FitInputs, FitOutputs, InferenceBackend, LiftInputs, LiftOutputs
 from shared.keypoints.formats import MEDIAPIPE33, PersonKeypoints
+from shared.lifting.summary import AMBIGUOUS_SPREAD_MM, HypothesisSummary, summarise
 from shared.schemas import ARTIFACT_OF as _ARTIFACT_OF
 from shared.schemas import (
     CONTENT_TYPES,
+    SKELETON_JOINTS,
     AnnyParams,
     Camera,
+    HypothesisSampling,
+    LiftedFrame,
     MeshRecoveryOptions,
     MeshRecoveryResult,
     Output,
@@ -41,6 +45,7 @@ ProgressCallback = Callable[[float, str], None]
 # Horizontal-or-vertical field of view assumed for the longer image side when the request
 # gives no focal length: a typical phone/compact camera.
 DEFAULT_FOV_DEG = 50.0
+SPREAD_ARTIFACT = "spread.png"
 
 
 @dataclass
@@ -48,6 +53,8 @@ class RecoveryOutput:
     result: MeshRecoveryResult
     artifacts: dict[str, bytes] = field(default_factory=dict)
     fit: FitOutputs | None = None
+    # With hypotheses > 1: every person's hypotheses (S = people, T = 1).
+    lift: LiftOutputs | None = None
 
 
 def default_camera(width: int, height: int, focal_length_px: float | None) -> np.ndarray:
@@ -73,6 +80,22 @@ def fit_inputs(
         iterations=options.iterations,
         seed=options.seed,
         prior=options.prior,
+    )
+
+
+def lift_inputs(
+    people: list[PersonKeypoints], camera: np.ndarray, options: MeshRecoveryOptions
+) -> LiftInputs:
+    """Every person's detected body keypoints as one lifting batch (S = people, T = 1), with
+    the camera of the fit; person i samples with seed + i."""
+    from shared.pipeline.poses import to_lift_keypoints
+
+    body = np.stack([p.body for p in people]).astype(np.float32)
+    return LiftInputs(
+        keypoints=to_lift_keypoints(body, "mediapipe33")[:, None],
+        camera=np.repeat(camera[None], len(people), 0),
+        hypotheses=options.hypotheses,
+        seeds=options.seed + np.arange(len(people), dtype=np.int64),
     )
 
 
@@ -128,6 +151,22 @@ def recover(
     result.prior = "pose_prior" if version != 0 else "none"
     result.prior_version = version if version > 0 else None
 
+    lifted: LiftOutputs | None = None
+    sampled: list[LiftedFrame] = []  # per person, with hypotheses > 1
+    if options.hypotheses > 1:
+        report(0.6, f"sampling {options.hypotheses} bodies per person")
+        started = time.perf_counter()
+        inputs = lift_inputs(people, camera, options)
+        lifted = backend.lift(inputs)
+        sampled = _sampled_bodies(lifted)
+        result.sampling = HypothesisSampling(
+            hypotheses=options.hypotheses,
+            seeds=inputs.seeds.tolist(),
+            prior_version=lifted.prior_version,
+            ambiguous_spread_mm=AMBIGUOUS_SPREAD_MM,
+        )
+        timings["hypotheses"] = _ms(started)
+
     started = time.perf_counter()
     smplx_body = get_smplx_body() if options.body_model == "smplx" else None
     j0 = smplx_body.pelvis_rest() if smplx_body is not None else None
@@ -167,13 +206,33 @@ def recover(
                 ),
             )
         )
+        if sampled:
+            frame, person_result = sampled[i], result.people[-1]
+            person_result.hypotheses = frame.hypotheses
+            person_result.uncertainty = frame.summary.spread_mm
+            person_result.ambiguous_joints = frame.summary.ambiguous_joints
+            person_result.representative = frame.summary.representative
     report(0.8, "writing outputs")
     started = time.perf_counter()
-    output = RecoveryOutput(result=result, fit=fitted)
+    output = RecoveryOutput(result=result, fit=fitted, lift=lifted)
     meshes = _anny_meshes(fitted) if smplx_body is None else _smplx_meshes(smplx_body, result)
     _export(output, image, camera, options, meshes)
     timings["export"] = _ms(started)
     return _finish(output, options, timings)
+
+
+def _sampled_bodies(lifted: LiftOutputs) -> list[LiftedFrame]:
+    """Each person's hypotheses and their summary, as the lift route gives them."""
+    from shared.pipeline.poses import lifted_frames
+
+    frames: list[LiftedFrame] = []
+    for i in range(lifted.joints.shape[0]):
+        arrays = {k: v[i : i + 1] for k, v in vars(lifted).items() if k != "prior_version"}
+        _, (frame,) = lifted_frames(
+            LiftOutputs(**arrays, prior_version=lifted.prior_version), "mediapipe33"
+        )
+        frames.append(frame)
+    return frames
 
 
 def _finish(
@@ -272,14 +331,21 @@ def _export(
     from shared.io.exports import export_meshes, export_params_npz
 
     fitted = output.fit
+    # The hypotheses' summary (the result holds it rounded) for the picture and the npz.
+    summary = summarise(output.lift.joints[:, 0]) if output.lift is not None else None
     for wanted in options.outputs:
         name = _ARTIFACT_OF[wanted]
         if wanted in (Output.glb, Output.obj, Output.ply) and meshes:
             output.artifacts[name] = export_meshes(meshes, wanted.value)  # type: ignore[arg-type]
         elif wanted is Output.overlay:
             output.artifacts[name] = _overlay_png(image, meshes, camera)
+            if output.lift is not None and summary is not None:
+                output.artifacts[SPREAD_ARTIFACT] = _spread_png(image, camera, output.lift, summary)
         elif wanted is Output.npz and fitted is not None:
-            output.artifacts[name] = export_params_npz(_npz_params(output.result, fitted))
+            params = _npz_params(output.result, fitted)
+            if output.lift is not None and summary is not None:
+                params |= _npz_hypotheses(output.lift, summary)
+            output.artifacts[name] = export_params_npz(params)
     output.result.artifacts = {name: CONTENT_TYPES[name] for name in output.artifacts}
 
 
@@ -294,6 +360,49 @@ def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.
     params["anny_phenotype"] = fitted.phenotype
     params["anny_transl"] = fitted.transl
     return params
+
+
+def _npz_hypotheses(lifted: LiftOutputs, summary: HypothesisSummary) -> dict[str, np.ndarray]:
+    """The hypotheses as (P, N, ...) arrays, SMPL-X convention, camera frame."""
+    from shared.prior.poses import _pelvis_rest
+
+    people, n = lifted.joints.shape[0], lifted.joints.shape[2]
+    return {
+        "hypotheses_global_orient": lifted.global_orient[:, 0],
+        "hypotheses_body_pose": lifted.body_pose[:, 0].reshape(people, n, -1),
+        # SMPL-X: pelvis = rest pelvis + transl.
+        "hypotheses_transl": lifted.pelvis[:, 0] - _pelvis_rest().numpy()[0],
+        "hypotheses_pelvis": lifted.pelvis[:, 0],
+        "hypotheses_joints": lifted.joints[:, 0],
+        "hypotheses_keypoints_2d": lifted.keypoints_2d[:, 0],
+        "hypotheses_reprojection_error": lifted.reprojection_error[:, 0],
+        "hypotheses_spread_mm": summary.spread_mm,
+        "hypotheses_representative": summary.representative.astype(np.int64),
+    }
+
+
+def _spread_png(
+    image: np.ndarray, camera: np.ndarray, lifted: LiftOutputs, summary: HypothesisSummary
+) -> bytes:
+    from shared.bodies.skeleton import BODY_PARENTS
+    from shared.render.spread import PersonSpread, render_spread
+
+    people = [
+        PersonSpread(
+            joints=lifted.joints[i, 0],
+            spread_mm=summary.spread_mm[i],
+            representative=int(summary.representative[i]),
+            label=f"person {i}",
+        )
+        for i in range(lifted.joints.shape[0])
+    ]
+    fx, fy, cx, cy = (float(c) for c in camera)
+    picture = render_spread(
+        image, (fx, fy, cx, cy), people, BODY_PARENTS, SKELETON_JOINTS, AMBIGUOUS_SPREAD_MM
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _overlay_png(image: np.ndarray, meshes: list, camera: np.ndarray) -> bytes:

@@ -1,11 +1,11 @@
-"""Pose generation, pose completion and motion denoising: request in, result and files out.
+"""Pose generation, completion, lifting and motion denoising: request in, result and files out.
 
 The same functions serve the Celery workers (Triton backend when configured) and library use
 (in-process backend): each takes a validated request from :mod:`shared.schemas` and an
 :class:`~shared.inference.InferenceBackend`, asks the backend for the heavy part (the pose prior,
-the motion denoiser) and turns its arrays into the result every route returns
-(:func:`pose_samples`: SMPL-X parameters, the pose on Anny, the skeleton) plus artifacts (meshes,
-BVH).
+the prior-guided lifting sampler, the motion denoiser) and turns its arrays into the result
+every route returns (:func:`pose_samples`: SMPL-X parameters, the pose on Anny, the skeleton;
+lifting: :func:`lift_poses`) plus artifacts (meshes, BVH).
 """
 
 from __future__ import annotations
@@ -15,26 +15,36 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
-from shared.inference import InferenceBackend
+from shared.inference import InferenceBackend, InferenceUnavailable, LiftInputs, LiftOutputs
+from shared.keypoints.formats import FORMATS
 from shared.schemas import (
     BODY_POSE_JOINTS,
     CONTENT_TYPES,
     MOTION_BVH_ARTIFACT,
     POSE_MESH_ARTIFACT,
+    SKELETON_JOINTS,
     AnnyParams,
+    Camera,
+    LiftedFrame,
+    LiftedPose,
+    LiftedTrack,
+    LiftSummary,
     MotionDenoiseRequest,
     MotionDenoiseResult,
     PoseCompleteRequest,
     PoseCompleteResult,
     PoseGenerateRequest,
     PoseGenerateResult,
+    PoseLiftRequest,
+    PoseLiftResult,
     PoseOutput,
     PoseSample,
+    SmplxBodyParams,
     SmplxParams,
 )
 
@@ -274,3 +284,226 @@ def denoise_motion(
         timings_ms=timings,
     )
     return PoseJobOutput(result, {MOTION_BVH_ARTIFACT: bvh})
+
+
+# --------------------------------------------------------------------------- lifting
+
+# coco17_feet's big toe is mediapipe's foot_index (the tip of the toes); its small toes have no
+# counterpart in the lifter's keypoints.
+_LIFT_ALIASES = {"left_big_toe": "left_foot_index", "right_big_toe": "right_foot_index"}
+
+
+def lift_index(fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of format ``fmt`` and the :data:`~shared.lifting.keypoints.LIFT_KEYPOINTS` rows
+    they are, for the keypoints both have: ``lifted[..., to, :] = given[..., rows, :]``."""
+    from shared.lifting.keypoints import LIFT_KEYPOINTS
+
+    pairs = [
+        (i, LIFT_KEYPOINTS.index(_LIFT_ALIASES.get(name, name)))
+        for i, name in enumerate(FORMATS[fmt])
+        if _LIFT_ALIASES.get(name, name) in LIFT_KEYPOINTS
+    ]
+    return np.array([i for i, _ in pairs]), np.array([j for _, j in pairs])
+
+
+def to_lift_keypoints(keypoints: np.ndarray, fmt: str) -> np.ndarray:
+    """(..., K, 3) keypoints of format ``fmt`` -> (..., 33, 3) LIFT_KEYPOINTS (mediapipe33);
+    the keypoints ``fmt`` lacks get confidence 0."""
+    from shared.lifting.keypoints import LIFT_KEYPOINTS
+
+    rows, to = lift_index(fmt)
+    out = np.zeros((*keypoints.shape[:-2], len(LIFT_KEYPOINTS), 3), np.float32)
+    out[..., to, :] = keypoints[..., rows, :]
+    return out
+
+
+def lift_poses(
+    request: PoseLiftRequest,
+    backend: InferenceBackend,
+    progress: ProgressCallback | None = None,
+) -> PoseJobOutput:
+    """N 3D hypotheses per person (or per frame of each track) from the prior's
+    reprojection-guided sampler, a summary of each person's (frame's) hypotheses, and
+    optionally the bodies as one mesh file. Tracks of equal length go to the backend together
+    (people: all in one call)."""
+    from shared.lifting.summary import AMBIGUOUS_SPREAD_MM
+    from shared.pipeline.mesh_recovery import default_camera
+
+    report = progress or _no_progress
+    timings: dict[str, float] = {}
+    n = request.hypotheses
+    seeds = request.seeds()
+    tracks = [to_lift_keypoints(k, request.format) for k in request.track_keypoints()]
+    if request.intrinsics is not None:
+        i = request.intrinsics
+        camera = np.array([i.fx, i.fy, i.cx, i.cy], np.float32)
+    else:
+        camera = default_camera(request.image_size.width, request.image_size.height, None)
+
+    groups: dict[int, list[int]] = {}  # track length -> tracks
+    for index, track in enumerate(tracks):
+        groups.setdefault(len(track), []).append(index)
+    outputs: list[LiftOutputs | None] = [None] * len(tracks)  # per track, S = 1
+    rows = request.row_count()
+    report(0.05, f"lifting {rows} {'people' if request.people is not None else 'frames'} x {n}")
+    started = time.perf_counter()
+    for members in groups.values():
+        out = backend.lift(
+            LiftInputs(
+                keypoints=np.stack([tracks[m] for m in members]),
+                camera=np.repeat(camera[None], len(members), 0),
+                hypotheses=n,
+                seeds=np.asarray([seeds[m] for m in members], np.int64),
+            )
+        )
+        for s, m in enumerate(members):
+            arrays = {k: v[s : s + 1] for k, v in vars(out).items() if k != "prior_version"}
+            outputs[m] = LiftOutputs(**arrays, prior_version=out.prior_version)
+    lifts = [out for out in outputs if out is not None]
+    versions = {out.prior_version for out in lifts}
+    if len(versions) > 1:  # a new prior went live between two calls: do not mix them
+        raise InferenceUnavailable(f"the pose prior changed mid-request (versions {versions})")
+    timings["lift"] = _ms(started)
+
+    report(0.8, "summarising the hypotheses")
+    started = time.perf_counter()
+    summaries = [lifted_frames(out, request.format, request.anny_params) for out in lifts]
+    representatives = [chosen for chosen, _ in summaries]
+    frames = [track_frames for _, track_frames in summaries]
+    timings["summary"] = _ms(started)
+    artifacts: dict[str, bytes] = {}
+    if PoseOutput.mesh in request.outputs:
+        report(0.9, "posing the meshes")
+        started = time.perf_counter()
+        everyone = request.mesh_hypotheses == "all"
+        mesh = _lift_mesh(lifts, representatives, everyone, request.mesh_format)
+        artifacts[POSE_MESH_ARTIFACT[request.mesh_format]] = mesh
+        timings["mesh"] = _ms(started)
+    result = PoseLiftResult(
+        format=request.format,
+        keypoint_names=list(FORMATS[request.format]),
+        camera=Camera(
+            fx=float(camera[0]),
+            fy=float(camera[1]),
+            cx=float(camera[2]),
+            cy=float(camera[3]),
+            focal_length_source="request" if request.intrinsics is not None else "default",
+        ),
+        hypotheses=n,
+        seed=request.seed,
+        people=[f[0] for f in frames] if request.people is not None else None,
+        tracks=(
+            [LiftedTrack(seed=s, frames=f) for s, f in zip(seeds, frames, strict=True)]
+            if request.tracks is not None
+            else None
+        ),
+        ambiguous_spread_mm=AMBIGUOUS_SPREAD_MM,
+        prior_version=versions.pop(),
+        artifacts={name: CONTENT_TYPES[name] for name in artifacts},
+        timings_ms=timings,
+    )
+    return PoseJobOutput(result, artifacts)
+
+
+def lifted_frames(
+    out: LiftOutputs, fmt: str, with_anny: bool = False
+) -> tuple[np.ndarray, list[LiftedFrame]]:
+    """One track's lift (S = 1) -> its representatives (T,) and one LiftedFrame per frame
+    (with each hypothesis' Anny parameters when ``with_anny``)."""
+    from shared.bodies.anny_model import get_anny
+    from shared.lifting.keypoints import KeypointSkeleton
+    from shared.lifting.summary import summarise
+    from shared.prior.poses import _pelvis_rest, anny_pose_in_camera
+
+    rows, to = lift_index(fmt)
+    mapped = KeypointSkeleton.neutral().mapped.numpy()[to]
+    shown = rows[mapped]  # the format's rows the body has a counterpart of
+    count = len(FORMATS[fmt])
+    summary = summarise(out.joints[0])  # over (T, N, 22, 3)
+    transl = out.pelvis[0] - _pelvis_rest().numpy()  # SMPL-X: pelvis = rest pelvis + transl
+    anny = None
+    if with_anny:
+        anny = anny_pose_in_camera(
+            out.global_orient[0].reshape(-1, 3),
+            out.body_pose[0].reshape(-1, 21, 3),
+            out.pelvis[0].reshape(-1, 3),
+        )
+        labels = get_anny().phenotype_labels
+        neutral = {k: float(v) for k, v in zip(labels, anny.phenotype[0], strict=True)}
+    frames = []
+    for t in range(out.joints.shape[1]):
+        hypotheses = []
+        for h in range(out.joints.shape[2]):
+            points: list[list[float] | None] = [None] * count
+            xy = _rounded(out.keypoints_2d[0, t, h, to[mapped]], 2)
+            for row, point in zip(shown, xy, strict=True):
+                points[row] = point
+            hypotheses.append(
+                LiftedPose(
+                    smplx=SmplxBodyParams(
+                        global_orient=_rounded(out.global_orient[0, t, h], 5),
+                        body_pose=_rounded(out.body_pose[0, t, h], 5),
+                        transl=_rounded(transl[t, h], 5),
+                        pelvis=_rounded(out.pelvis[0, t, h], 5),
+                    ),
+                    joints_3d=_rounded(out.joints[0, t, h], 5),
+                    keypoints_2d=points,
+                    reprojection_error_px=round(float(out.reprojection_error[0, t, h]), 3),
+                    anny=None
+                    if anny is None
+                    else AnnyParams(
+                        pose=_rounded(anny.pose[t * out.joints.shape[2] + h], 5),
+                        phenotype=neutral,
+                        transl=_rounded(anny.transl[t * out.joints.shape[2] + h], 6),
+                    ),
+                )
+            )
+        spread = summary.spread_mm[t]
+        frames.append(
+            LiftedFrame(
+                hypotheses=hypotheses,
+                summary=LiftSummary(
+                    representative=int(summary.representative[t]),
+                    spread_mm={
+                        j: round(float(s), 1) for j, s in zip(SKELETON_JOINTS, spread, strict=True)
+                    },
+                    ambiguous_joints=[
+                        j for j, a in zip(SKELETON_JOINTS, summary.ambiguous[t], strict=True) if a
+                    ],
+                ),
+            )
+        )
+    return summary.representative, frames
+
+
+def _lift_mesh(
+    lifts: list[LiftOutputs],
+    representatives: list[np.ndarray],
+    everyone: bool,
+    fmt: Literal["glb", "obj"],
+) -> bytes:
+    """The lifted Anny bodies (neutral phenotype) where they stand in the camera frame, one
+    file: each person's (frame's) representative, or every hypothesis."""
+    import torch
+
+    from shared.bodies.anny_model import get_anny
+    from shared.io.exports import export_meshes
+    from shared.prior.poses import anny_pose_in_camera
+
+    orient, pose, pelvis, names = [], [], [], []
+    for s, (out, chosen) in enumerate(zip(lifts, representatives, strict=True)):
+        frames, n = out.joints.shape[1:3]
+        for t in range(frames):
+            for h in range(n) if everyone else [int(chosen[t])]:
+                orient.append(out.global_orient[0, t, h])
+                pose.append(out.body_pose[0, t, h])
+                pelvis.append(out.pelvis[0, t, h])
+                names.append(f"track_{s}_frame_{t}_hypothesis_{h}")
+    anny = anny_pose_in_camera(
+        np.asarray(orient, np.float32), np.asarray(pose, np.float32), np.asarray(pelvis, np.float32)
+    )
+    body = get_anny()
+    with torch.no_grad():
+        vertices = body.forward(anny.pose, anny.transl, anny.phenotype).vertices.numpy()
+    vertices = vertices.astype(np.float64)
+    return export_meshes([(v, body.faces) for v in vertices], fmt, names)

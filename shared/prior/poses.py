@@ -98,6 +98,34 @@ def anny_pose_from_smplx(
     )
 
 
+def anny_pose_in_camera(
+    global_orient: np.ndarray | torch.Tensor,
+    body_pose: np.ndarray | torch.Tensor,
+    pelvis: np.ndarray | torch.Tensor,
+) -> AnnyPose:
+    """SMPL-X-convention bodies in the OpenCV camera frame -> the same bodies on Anny's neutral
+    body, its root mapping Anny's world into the camera (the convention of mesh recovery's
+    Anny parameters: ``pose[0]`` the orientation in the camera, ``transl`` the root bone's head
+    in the camera).
+
+    Args:
+        global_orient: (B, 3) axis-angle, SMPL-X body frame -> camera.
+        body_pose: (B, 21, 3) axis-angle.
+        pelvis: (B, 3) the pelvis joint in the camera frame, metres.
+    """
+    rotation = roma.rotvec_to_rotmat(_as_tensor(global_orient, (3,), "global_orient"))
+    # Posed in SMPL-X's world with orientation FLIP @ R, then taken into the camera by
+    # ANNY_TO_CAMERA = FLIP @ ANNY_TO_SMPLX_WORLD: a rigid motion of the whole body, which is
+    # the same as turning and moving its root.
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    anny = anny_pose_from_smplx(body_pose, roma.rotmat_to_rotvec(flip @ rotation))
+    to_camera = torch.as_tensor(ANNY_TO_CAMERA, dtype=torch.float32)
+    shift = _as_tensor(pelvis, (3,), "pelvis") - _pelvis_rest() @ flip.T
+    pose = anny.pose.clone()
+    pose[:, 0] = roma.rotmat_to_rotvec(to_camera @ roma.rotvec_to_rotmat(anny.pose[:, 0]))
+    return AnnyPose(pose=pose, transl=anny.transl @ to_camera.T + shift, phenotype=anny.phenotype)
+
+
 def skeleton_joints(
     body_pose: np.ndarray | torch.Tensor, global_orient: np.ndarray | torch.Tensor | None = None
 ) -> np.ndarray:

@@ -20,6 +20,8 @@ from PIL import Image
 
 from shared.bodies.anny_model import get_anny
 from shared.keypoints.formats import MEDIAPIPE33
+from shared.schemas import SKELETON_JOINTS
+from shared.settings import get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +256,51 @@ def test_cancel_before_it_runs(client: httpx.Client, photos_dir: Path) -> None:
     time.sleep(1.0)  # the worker has had time to pick up (and skip) the cancelled job
     assert client.get(f"/v1/jobs/{job}").json()["status"] == "cancelled"
     assert client.get(f"/v1/jobs/{job}/result").status_code == 409
+
+
+def test_hypotheses_per_person_and_their_spread(client: httpx.Client, photos_dir: Path) -> None:
+    """hypotheses=4: the worker asks Triton's pose_lift for 4 bodies per person, next to the
+    fit, with per-joint uncertainty, the spread picture and the hypotheses in the npz."""
+    photo = photos_dir / "coco_000000541055_skiers_group_multi.jpg"
+    body = recover(
+        client, photo, hypotheses="4", max_people="4", seed="7", outputs="overlay,npz,json"
+    )
+    job, result = body["job_id"], body["result"]
+    assert result["sampling"]["hypotheses"] == 4
+    assert result["sampling"]["seeds"] == [7 + i for i in range(len(result["people"]))]
+    assert len(result["people"]) == 4
+    for person in result["people"]:
+        assert len(person["hypotheses"]) == 4
+        joints = np.array([h["joints_3d"] for h in person["hypotheses"]])
+        assert joints.shape == (4, 22, 3) and np.isfinite(joints).all()
+        assert np.abs(joints[0] - joints[1]).max() > 0.01  # distinct bodies
+        assert len(person["hypotheses"][0]["smplx"]["body_pose"]) == 21
+        assert list(person["uncertainty"]) == list(SKELETON_JOINTS)
+        assert 0 <= person["representative"] < 4
+        assert set(person["ambiguous_joints"]) <= set(SKELETON_JOINTS)
+        assert len(person["smplx"]["body_pose"]) == 21  # the fit stays the main body
+    assert {"overlay.png", "spread.png", "params.npz", "result.json"} <= set(result["artifacts"])
+    spread = client.get(f"/v1/jobs/{job}/artifacts/spread.png")
+    assert spread.status_code == 200 and spread.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(spread.content))
+    width, height = Image.open(photo).size
+    assert picture.format == "PNG" and picture.width == 2 * round(width * 480 / height)
+    params = np.load(io.BytesIO(client.get(f"/v1/jobs/{job}/artifacts/params.npz").content))
+    assert params["hypotheses_joints"].shape == (4, 4, 22, 3)
+    assert params["hypotheses_body_pose"].shape == (4, 4, 63)
+
+
+def test_too_many_hypotheses_is_a_422(client: httpx.Client, photos_dir: Path) -> None:
+    limit = get_settings().max_lift_hypotheses
+    photo = photos_dir / "codait_yogait_t5.jpg"
+    reply = client.post(
+        "/v1/mesh-recovery",
+        files={"image": (photo.name, photo.read_bytes())},
+        data={"hypotheses": str(limit + 1)},
+    )
+    assert reply.status_code == 422, reply.text
+    detail = reply.json()["detail"]
+    assert f"at most {limit}" in detail and "BODYSERVE_MAX_LIFT_HYPOTHESES" in detail
 
 
 def test_health_readiness_and_metrics(client: httpx.Client) -> None:

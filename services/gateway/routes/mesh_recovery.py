@@ -68,6 +68,14 @@ async def create_mesh_recovery(
             "default: pose_prior when one is published, else none"
         ),
     ] = None,
+    hypotheses: Annotated[
+        int,
+        Form(
+            description="3D bodies per person: 1 (the fit alone) up to "
+            "BODYSERVE_MAX_LIFT_HYPOTHESES; above 1 also returns each person's hypotheses, "
+            "per-joint uncertainty and spread.png (with the overlay output)"
+        ),
+    ] = 1,
     wait: Annotated[
         float, Query(ge=0, description="Seconds to wait for the result before answering 202.")
     ] = 0,
@@ -82,6 +90,7 @@ async def create_mesh_recovery(
             iterations=iterations,
             seed=seed,
             prior=prior or None,
+            hypotheses=hypotheses,
         )
     except ValidationError as exc:
         raise ApiError(422, _options_message(exc)) from exc

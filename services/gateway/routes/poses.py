@@ -1,4 +1,5 @@
-"""POST /v1/poses/generate, /v1/poses/complete and /v1/motions/denoise (jobs, JSON bodies).
+"""POST /v1/poses/generate, /v1/poses/complete, /v1/poses/lift and /v1/motions/denoise (jobs,
+JSON bodies).
 
 Each validates its JSON body (422 with a message that says what to fix), records a job on the
 ``poses`` queue and answers 202 with a Location header; ``?wait=SECONDS`` answers 200 with the
@@ -23,6 +24,8 @@ from shared.schemas import (
     PoseCompleteResult,
     PoseGenerateRequest,
     PoseGenerateResult,
+    PoseLiftRequest,
+    PoseLiftResult,
 )
 
 router = APIRouter(prefix="/v1", tags=["pose prior"])
@@ -75,6 +78,26 @@ async def complete_pose(
     and the spread of each joint over the hypotheses."""
     return await accept_job(
         request, response, "pose_completion", body.model_dump(mode="json"), uploads={}, wait_s=wait
+    )
+
+
+@router.post(
+    "/poses/lift",
+    status_code=202,
+    response_model=JobInfo | PoseLiftResult,
+    responses=_responses(PoseLiftResult),
+)
+async def lift_poses(
+    body: PoseLiftRequest,
+    request: Request,
+    response: Response,
+    wait: Wait = 0,
+) -> JSONResponse | JobInfo:
+    """Lift 2D keypoints (people of one image, or tracks over frames) to ``hypotheses`` 3D
+    poses each, by the pose prior's reprojection-guided sampler, with a summary: the
+    representative hypothesis, each joint's spread in mm and the ambiguous joints."""
+    return await accept_job(
+        request, response, "pose_lifting", body.model_dump(mode="json"), uploads={}, wait_s=wait
     )
 
 

@@ -1,8 +1,8 @@
-"""Celery tasks of the queue ``poses``: pose generation, pose completion, motion denoising.
+"""Celery tasks of the queue ``poses``: pose generation, completion, lifting, motion denoising.
 
 Thin adapters: each validates the job's options with its request schema and hands it to
-:mod:`shared.pipeline.poses`, which asks the backend (Triton's ``pose_prior`` and
-``motion_denoise`` when ``BODYSERVE_TRITON_URL`` is set) for the heavy part. The job life cycle
+:mod:`shared.pipeline.poses`, which asks the backend (Triton's ``pose_prior``, ``pose_lift``
+and ``motion_denoise`` when ``BODYSERVE_TRITON_URL`` is set) for the heavy part. The job life cycle
 (lease, heartbeat, cancellation, time limit, retries, failures) is :func:`run_job`'s.
 """
 
@@ -12,7 +12,12 @@ from celery import Task
 
 from services.workers.tasks.common import JobContext, JobOutput, backend, job_task, run_job
 from shared.pipeline import poses
-from shared.schemas import MotionDenoiseRequest, PoseCompleteRequest, PoseGenerateRequest
+from shared.schemas import (
+    MotionDenoiseRequest,
+    PoseCompleteRequest,
+    PoseGenerateRequest,
+    PoseLiftRequest,
+)
 
 
 @job_task("bodyserve.pose_generation")
@@ -23,6 +28,11 @@ def pose_generation(self: Task, job_id: str) -> str:
 @job_task("bodyserve.pose_completion")
 def pose_completion(self: Task, job_id: str) -> str:
     return run_job(self, job_id, complete)
+
+
+@job_task("bodyserve.pose_lifting")
+def pose_lifting(self: Task, job_id: str) -> str:
+    return run_job(self, job_id, lift)
 
 
 @job_task("bodyserve.motion_denoising")
@@ -39,6 +49,12 @@ def generate(job: JobContext) -> JobOutput:
 def complete(job: JobContext) -> JobOutput:
     request = PoseCompleteRequest.model_validate(job.options)
     output = poses.complete_pose(request, backend(), job.progress)
+    return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
+
+
+def lift(job: JobContext) -> JobOutput:
+    request = PoseLiftRequest.model_validate(job.options)
+    output = poses.lift_poses(request, backend(), job.progress)
     return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
 
 

@@ -1,0 +1,368 @@
+"""2D -> 3D lifting with many hypotheses: the pose prior's sampler guided by a reprojection energy.
+
+PlatyPose's idea on bodyserve's prior: every reverse diffusion step predicts a clean pose
+``x0_hat``, pulls it (and the body's orientation and position, which the prior does not model)
+towards poses whose keypoints project onto the 2D detections, and steps on from the corrected
+prediction (a data-consistency step on ``x0``, as in DiffPIR). Each hypothesis draws its own
+noise, so the hypotheses spread where the 2D evidence leaves the pose open (depth of a limb,
+hidden joints) and agree where it does not.
+
+Per track (one person in one image, or one person over T frames):
+
+1. Rigid start: the prior's mean pose placed at four headings in front of the camera, its
+   orientation and position fitted to the torso and head keypoints; the best heading wins.
+   Each hypothesis then starts turned by its own small random rotation, so that the hypotheses
+   also explore how the body leans towards or away from the camera.
+2. Guided sampling: ``steps`` reverse steps of the prior (ancestral, DPM-Solver++ form), each
+   followed by ``inner_iterations`` Adam steps on ``x0_hat``, orientation and position against
+   the robust reprojection energy plus a proximal term that keeps ``x0_hat`` near the prior's
+   prediction; the proximal weight grows as the noise falls (trust the prior's sharp late
+   predictions, let the data steer the blurry early ones). Frames of a track share each
+   hypothesis' noise and a velocity penalty ties consecutive frames together.
+3. Refinement: ``refine_iterations`` Adam steps of the same energy with the proximal term around
+   the sample, so every hypothesis reprojects tightly.
+
+Frames: the OpenCV camera frame (x right, y down, z ahead), metres. ``global_orient`` rotates the
+SMPL-X body frame (Y up, facing +Z) into the camera, so an upright person facing the camera has
+``global_orient`` about (pi, 0, 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import roma
+import torch
+from torch import Tensor
+
+from shared.bodies.skeleton import rodrigues
+from shared.fitting.losses import geman_mcclure, project
+from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
+from shared.prior.model import PosePrior
+from shared.prior.sampling import _Stepper, row_noise, time_grid
+
+# Keypoints below this confidence are ignored (as in the deterministic fitter).
+MIN_CONFIDENCE = 0.3
+_RIGID_NAMES = ("left_shoulder", "right_shoulder", "left_hip", "right_hip", "nose")
+_RIGID = [LIFT_KEYPOINTS.index(n) for n in _RIGID_NAMES]
+_HEADINGS = (0.0, math.pi, math.pi / 2, -math.pi / 2)
+# Upright, facing the camera: SMPL-X's Y up / +Z forward into OpenCV's y down / z ahead.
+_FACING_CAMERA = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
+MAX_HYPOTHESES = 64
+
+
+@dataclass(frozen=True)
+class LiftSettings:
+    """Knobs of the guided sampler. The defaults were chosen with synthetic noisy views of
+    training-subject mocap poses (1.5 % keypoint noise, 10 % dropped), balancing accuracy,
+    calibration of the spread and the cost (44 energy evaluations per hypothesis);
+    ``bench/lifting.py`` reports on held-out subjects."""
+
+    steps: int = 6
+    inner_iterations: int = 2
+    refine_iterations: int = 32
+    rigid_iterations: int = 15
+    learning_rate: float = 0.08
+    # Orientation and position move at this fraction of the pose's learning rate.
+    rigid_rate: float = 0.5
+    # Each hypothesis starts turned by a random rotation of this standard deviation per axis:
+    # without it every hypothesis leans the same way and the spread is overconfident.
+    orient_jitter_deg: float = 20.0
+    # Robust scale of the reprojection residual, as a fraction of the person's size in pixels.
+    sigma: float = 0.05
+    # Proximal weight towards the prior's prediction: proximal * (alpha_t / sigma_t)^2.
+    proximal: float = 2e-4
+    # Proximal weight of the refinement around the final sample.
+    refine_proximal: float = 1e-4
+    # Velocity penalty between consecutive frames of a track (per m^2 of joint displacement).
+    smoothness: float = 20.0
+
+
+@dataclass
+class LiftResult:
+    """Hypotheses for S tracks of T frames, N each; camera frame, metres, SMPL-X convention."""
+
+    global_orient: np.ndarray  # (S, T, N, 3) axis-angle
+    body_pose: np.ndarray  # (S, T, N, 21, 3) axis-angle
+    pelvis: np.ndarray  # (S, T, N, 3)
+    joints: np.ndarray  # (S, T, N, 22, 3) BODY_JOINT_NAMES order
+    keypoints_2d: np.ndarray  # (S, T, N, 33, 2) the hypotheses' keypoints reprojected, pixels
+    reprojection_error: np.ndarray  # (S, T, N) mean px error over confident keypoints
+
+
+def hypothesis_seeds(seed: int, hypotheses: int) -> list[int]:
+    """Independent per-hypothesis seeds derived from one request seed."""
+    state = np.random.SeedSequence(int(seed)).generate_state(hypotheses, dtype=np.uint64)
+    return [int(s) % 2**63 for s in state]
+
+
+def person_scale(target: Tensor) -> Tensor:
+    """(..., K, 3) keypoints -> (...,) the diagonal of the confident keypoints' box, pixels."""
+    xy, confident = target[..., :2], target[..., 2:3] > 0
+    big = torch.full_like(xy, 1e9)
+    low = torch.where(confident, xy, big).min(-2).values
+    high = torch.where(confident, xy, -big).max(-2).values
+    return (high - low).norm(dim=-1).clamp(min=16.0)
+
+
+class _Energy:
+    """Robust confidence-weighted reprojection energy of R rows, plus a track velocity penalty."""
+
+    def __init__(
+        self,
+        skeleton: KeypointSkeleton,
+        target: Tensor,
+        camera: Tensor,
+        frames: int,
+        hypotheses: int,
+        settings: LiftSettings,
+    ) -> None:
+        self.skeleton = skeleton
+        self.target = target  # (R, K, 3)
+        self.camera = camera  # (R, 4)
+        self.scale = person_scale(target)  # (R,)
+        self.confidence = target[..., 2]
+        self.norm = self.confidence.sum(-1).clamp(min=1e-6)
+        self.frames = frames
+        self.hypotheses = hypotheses
+        self.settings = settings
+
+    def __call__(self, pose: Tensor, orient: Tensor, pelvis: Tensor) -> tuple[Tensor, Tensor]:
+        """Energy per row (R,) and the joints (R, 22, 3)."""
+        joints, keypoints = self.skeleton(orient, pose, pelvis)
+        residual = (project(keypoints, self.camera) - self.target[..., :2]) / self.scale[
+            :, None, None
+        ]
+        robust = geman_mcclure(residual.square().sum(-1), self.settings.sigma)
+        energy = (self.confidence * robust).sum(-1) / self.norm
+        if self.frames > 1 and self.settings.smoothness > 0:
+            # Rows are ordered (track, frame, hypothesis): compare frame t with t + 1.
+            by_frame = joints.view(-1, self.frames, self.hypotheses, 22, 3)
+            step = (by_frame[:, 1:] - by_frame[:, :-1]).square().sum((-1, -2))  # (S, T-1, N)
+            velocity = torch.zeros_like(by_frame[..., 0, 0])
+            velocity[:, 1:] += step
+            velocity[:, :-1] += step
+            energy = energy + self.settings.smoothness * velocity.flatten() / 2
+        return energy, joints
+
+
+def _rigid_start(
+    skeleton: KeypointSkeleton,
+    mean_pose: Tensor,
+    target: Tensor,
+    camera: Tensor,
+    settings: LiftSettings,
+) -> tuple[Tensor, Tensor]:
+    """Best orientation (F, 3) and pelvis (F, 3) of the mean pose per frame, from 4 headings.
+
+    The pose does not change here, so its keypoints are computed once and only moved rigidly.
+    """
+    frames, headings = target.shape[0], len(_HEADINGS)
+    rigid_target = torch.zeros_like(target)
+    rigid_target[:, _RIGID] = target[:, _RIGID]
+    # Frames without torso keypoints fall back to every keypoint.
+    empty = rigid_target[..., 2].sum(-1) <= 0
+    rigid_target[empty] = target[empty]
+    rigid_target = rigid_target.repeat_interleave(headings, 0)
+    cam = camera.repeat_interleave(headings, 0)
+    scale = person_scale(rigid_target)
+    confidence = rigid_target[..., 2]
+
+    yaw = torch.tensor(_HEADINGS).repeat(frames)
+    turn = roma.rotvec_to_rotmat(torch.stack([0 * yaw, yaw, 0 * yaw], -1))
+    orient0 = roma.rotmat_to_rotvec(_FACING_CAMERA @ turn)
+    depth0 = _initial_depth(skeleton, mean_pose, target, camera).repeat_interleave(headings, 0)
+    xy, w = target[..., :2], target[..., 2:3]
+    centre = ((xy * w).sum(1) / w.sum(1).clamp(min=1e-6)).repeat_interleave(headings, 0)
+    xy0 = (centre - cam[:, 2:]) / cam[:, :2] * depth0[:, None]
+
+    with torch.no_grad():
+        _, points = skeleton(mean_pose.new_zeros(1, 3), mean_pose, mean_pose.new_zeros(1, 3))
+    orient = orient0.clone().requires_grad_(True)
+    shift = xy0.clone().requires_grad_(True)
+    log_depth = depth0.log().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([orient, shift, log_depth], lr=settings.learning_rate, fused=True)
+
+    def loss() -> tuple[Tensor, Tensor]:
+        pelvis = torch.cat([shift, log_depth.exp()[:, None]], -1)
+        moved = points @ rodrigues(orient).transpose(-1, -2) + pelvis[:, None]
+        residual = (project(moved, cam) - rigid_target[..., :2]) / scale[:, None, None]
+        robust = geman_mcclure(residual.square().sum(-1), 0.2)
+        return (confidence * robust).sum(-1) / confidence.sum(-1).clamp(min=1e-6), pelvis
+
+    for _ in range(settings.rigid_iterations):
+        optimiser.zero_grad()
+        loss()[0].sum().backward()
+        optimiser.step()
+    with torch.no_grad():
+        value, pelvis = loss()
+        best = value.view(frames, headings).argmin(1) + torch.arange(frames) * headings
+        return orient.detach()[best], pelvis[best]
+
+
+def _initial_depth(
+    skeleton: KeypointSkeleton, mean_pose: Tensor, target: Tensor, camera: Tensor
+) -> Tensor:
+    """(F,) depth from the apparent torso (or shoulder) size against the body's."""
+    with torch.no_grad():
+        _, points = skeleton(mean_pose.new_zeros(1, 3), mean_pose, mean_pose.new_zeros(1, 3))
+    idx = {n: LIFT_KEYPOINTS.index(n) for n in _RIGID_NAMES}
+
+    def mid(p: Tensor, a: str, b: str) -> Tensor:
+        return (p[..., idx[a], :] + p[..., idx[b], :]) / 2
+
+    ref = points[0]
+    torso_m = mid(ref, "left_shoulder", "right_shoulder") - mid(ref, "left_hip", "right_hip")
+    shoulders_m = (ref[idx["left_shoulder"]] - ref[idx["right_shoulder"]]).norm()
+    xy, conf = target[..., :2], target[..., 2]
+    torso_px = (mid(xy, "left_shoulder", "right_shoulder") - mid(xy, "left_hip", "right_hip")).norm(
+        dim=-1
+    )
+    shoulders_px = (xy[:, idx["left_shoulder"]] - xy[:, idx["right_shoulder"]]).norm(dim=-1)
+    has_torso = (conf[:, [idx[n] for n in _RIGID_NAMES[:4]]] > 0).all(-1)
+    focal = camera[:, :2].mean(-1)
+    by_torso = focal * torso_m.norm() / torso_px.clamp(min=4.0)
+    by_shoulders = focal * shoulders_m / shoulders_px.clamp(min=4.0)
+    # Without shoulders or hips: the person's box against a 1.7 m body.
+    by_size = focal * 1.7 / person_scale(target)
+    has_shoulders = (conf[:, [idx["left_shoulder"], idx["right_shoulder"]]] > 0).all(-1)
+    depth = torch.where(has_torso, by_torso, torch.where(has_shoulders, by_shoulders, by_size))
+    return depth.clamp(0.3, 200.0)
+
+
+def lift(
+    prior: PosePrior,
+    keypoints: np.ndarray,
+    camera: np.ndarray,
+    hypotheses: int,
+    seeds: np.ndarray | list[int],
+    settings: LiftSettings | None = None,
+) -> LiftResult:
+    """Lift S tracks of T frames of 2D keypoints to N 3D hypotheses each.
+
+    Args:
+        prior: the pose prior.
+        keypoints: (S, T, 33, 3) :data:`LIFT_KEYPOINTS` (mediapipe33) pixels + confidence in
+            [0, 1]; confidence 0 for missing points. One image of P people: S = P, T = 1.
+        camera: (S, 4) pinhole intrinsics fx, fy, cx, cy in pixels, per track.
+        hypotheses: N, 1 .. :data:`MAX_HYPOTHESES`.
+        seeds: (S,) one seed per track; hypothesis n of a track draws from
+            ``hypothesis_seeds(seed, N)[n]``, whatever else is in the batch.
+        settings: sampler knobs (default :class:`LiftSettings`).
+    """
+    settings = settings or LiftSettings()
+    target = torch.as_tensor(np.asarray(keypoints, dtype=np.float32))
+    if target.ndim != 4 or tuple(target.shape[2:]) != (len(LIFT_KEYPOINTS), 3):
+        raise ValueError(
+            f"keypoints must be (S, T, {len(LIFT_KEYPOINTS)}, 3), got {tuple(target.shape)}"
+        )
+    tracks, frames = target.shape[:2]
+    cam = torch.as_tensor(np.asarray(camera, dtype=np.float32)).reshape(-1, 4)
+    if cam.shape[0] != tracks:
+        raise ValueError(f"camera must be (S, 4) with S = {tracks}, got {tuple(cam.shape)}")
+    if not 1 <= hypotheses <= MAX_HYPOTHESES:
+        raise ValueError(f"hypotheses must be in 1..{MAX_HYPOTHESES}, got {hypotheses}")
+    seed_list = [int(s) for s in np.asarray(seeds).reshape(-1)]
+    if len(seed_list) != tracks:
+        raise ValueError(f"need one seed per track: got {len(seed_list)} for {tracks} tracks")
+    if not torch.isfinite(target).all() or not torch.isfinite(cam).all():
+        raise ValueError("keypoints and camera must be finite numbers")
+
+    skeleton = KeypointSkeleton.neutral()
+    target = target.clone()
+    usable = (target[..., 2] >= MIN_CONFIDENCE) & skeleton.mapped
+    target[..., 2] = torch.where(usable, target[..., 2], 0.0)
+    flat_target = target.flatten(0, 1)  # (F, K, 3), F = S * T
+    frame_camera = cam.repeat_interleave(frames, 0)
+
+    was_training = prior.training
+    prior.eval()
+    try:
+        with torch.no_grad():
+            mean_pose = prior.denormalise(torch.zeros(1, prior.mean.numel())).reshape(1, 21, 3)
+        orient0, pelvis0 = _rigid_start(skeleton, mean_pose, flat_target, frame_camera, settings)
+        # Rows: (track, frame, hypothesis).
+        n = hypotheses
+        flat_seeds = [h for seed in seed_list for h in hypothesis_seeds(seed, n)]
+        row_target = flat_target.repeat_interleave(n, 0)
+        row_camera = frame_camera.repeat_interleave(n, 0)
+        energy = _Energy(skeleton, row_target, row_camera, frames, n, settings)
+        # Each hypothesis starts from the rigid fit turned by its own small random rotation
+        # about the body's centre, so hypotheses also explore how the body leans and turns.
+        draws = 2 + settings.steps  # x_1, one per step, and the start's turn (3 of 63)
+        noise = row_noise(flat_seeds, draws)
+        jitter = noise[:, -1, :3]
+        jitter = jitter.view(tracks, 1, n, 3).expand(-1, frames, -1, -1).reshape(-1, 3)
+        turn = roma.rotvec_to_rotmat(jitter * math.radians(settings.orient_jitter_deg))
+        orient_rows = roma.rotvec_to_rotmat(orient0.repeat_interleave(n, 0))
+        orient = roma.rotmat_to_rotvec(orient_rows @ turn).requires_grad_(True)
+        pelvis = pelvis0.repeat_interleave(n, 0).clone().requires_grad_(True)
+        pose_var = torch.zeros(len(row_target), prior.mean.numel(), requires_grad=True)
+        optimiser = torch.optim.Adam(
+            [
+                {"params": [pose_var], "lr": settings.learning_rate},
+                {"params": [orient, pelvis], "lr": settings.learning_rate * settings.rigid_rate},
+            ],
+            fused=True,
+        )
+
+        # Each hypothesis' noise, shared by the frames of its track: (S, N, draws, 63).
+        noise = noise.view(tracks, 1, n, draws, -1).expand(-1, frames, -1, -1, -1)
+        noise = noise.reshape(tracks * frames * n, draws, -1)
+
+        stepper = _Stepper(prior)
+        times = time_grid(prior, settings.steps)
+        grid = [*times.tolist(), 0.0]
+        x = noise[:, 0] * prior.sde.prior_std()
+
+        def correct(x0: Tensor, weight: float, iterations: int) -> Tensor:
+            """``iterations`` Adam steps from the prediction ``x0``: the pose starts afresh
+            (its moments reset), orientation and position carry on from the last call."""
+            anchor = x0.detach()
+            with torch.no_grad():
+                pose_var.copy_(anchor)
+            optimiser.state.pop(pose_var, None)
+            for _ in range(iterations):
+                optimiser.zero_grad()
+                pose = prior.denormalise(pose_var).view(-1, 21, 3)
+                data, _ = energy(pose, orient, pelvis)
+                loss = data + weight * (pose_var - anchor).square().sum(-1)
+                loss.sum().backward()
+                optimiser.step()
+            return pose_var.detach().clone()
+
+        for i in range(len(grid) - 1):
+            t, s = grid[i], grid[i + 1]
+            with torch.no_grad():
+                x0_hat = stepper.denoise(x, t)
+            alpha_t, sigma_t = stepper.marginal(t)
+            weight = settings.proximal * (alpha_t / sigma_t) ** 2
+            x0_hat = correct(x0_hat, weight, settings.inner_iterations)
+            if s <= 0.0:
+                x = x0_hat
+                break
+            with torch.no_grad():
+                x = stepper.step(x, x0_hat, t, s, 1.0, noise[:, i + 1])
+        x = correct(x, settings.refine_proximal, settings.refine_iterations)
+
+        with torch.no_grad():
+            pose = prior.denormalise(x).view(-1, 21, 3)
+            joints, points = skeleton(orient, pose, pelvis)
+            projected = project(points, row_camera)
+            used = row_target[..., 2] > 0
+            distance = (projected - row_target[..., :2]).norm(dim=-1)
+            error = (distance * used).sum(-1) / used.sum(-1).clamp(min=1)
+    finally:
+        prior.train(was_training)
+
+    shape = (tracks, frames, n)
+    return LiftResult(
+        global_orient=orient.detach().numpy().reshape(*shape, 3),
+        body_pose=pose.numpy().reshape(*shape, 21, 3),
+        pelvis=pelvis.detach().numpy().reshape(*shape, 3),
+        joints=joints.numpy().reshape(*shape, 22, 3),
+        keypoints_2d=projected.numpy().reshape(*shape, len(LIFT_KEYPOINTS), 2),
+        reprojection_error=error.numpy().reshape(shape),
+    )
