@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import typer
 
-from shared.mocap.dataset import PoseDataset, build_dataset
+from shared.mocap.dataset import DEFAULT_VALID_SUBJECTS, PoseDataset, build_dataset
 from shared.prior import PosePrior
 from shared.prior.registry import default_model_dir, latest_version, version_dir
 from shared.settings import get_settings
+
+# The command-line options every mocap benchmark takes.
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the figures here.")]
+PriorOption = Annotated[Path | None, typer.Option("--prior", help="prior.pt or its folder.")]
+ValidSubjectsOption = Annotated[str, typer.Option(help="Comma-separated subject ids.")]
+DatasetCacheOption = Annotated[
+    Path | None, typer.Option(help="Reuse/write the ingested dataset here (.npz).")
+]
+DEFAULT_SUBJECTS = ",".join(DEFAULT_VALID_SUBJECTS)
+
+
+def subject_list(valid_subjects: str) -> tuple[str, ...]:
+    """``"6, 9,16"`` -> ``("6", "9", "16")``."""
+    return tuple(s.strip() for s in valid_subjects.split(",") if s.strip())
 
 
 def apply_torch_threads() -> int:

@@ -61,7 +61,18 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import apply_torch_threads, load_prior, load_split, procrustes_aligned
+from bench.common import (
+    DEFAULT_SUBJECTS,
+    DatasetCacheOption,
+    JsonOption,
+    PriorOption,
+    ValidSubjectsOption,
+    apply_torch_threads,
+    load_prior,
+    load_split,
+    procrustes_aligned,
+    subject_list,
+)
 from shared.bodies.anny_model import get_anny
 from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
 from shared.bodies.smplx_convention import PARALLEL_GROUPS, SMPLX_TO_ANNY, anny_to_smplx
@@ -71,7 +82,7 @@ from shared.inference import FitInputs, FitOutputs, PriorChoice
 from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
 from shared.lifting.lift import lift, person_scale
 from shared.lifting.summary import summarise
-from shared.mocap.dataset import DEFAULT_VALID_SUBJECTS, PoseDataset
+from shared.mocap.dataset import PoseDataset
 from shared.prior import PosePrior
 from shared.settings import get_settings
 
@@ -477,18 +488,10 @@ def main(
         Path | None,
         typer.Option(help="Folder of BVH / AMASS npz files; default: ../shared/data/mocap."),
     ] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the figures here.")
-    ] = None,
-    prior_path: Annotated[
-        Path | None, typer.Option("--prior", help="prior.pt or its folder.")
-    ] = None,
-    valid_subjects: Annotated[str, typer.Option(help="Comma-separated subject ids.")] = ",".join(
-        DEFAULT_VALID_SUBJECTS
-    ),
-    dataset_cache: Annotated[
-        Path | None, typer.Option(help="Reuse/write the ingested dataset here (.npz).")
-    ] = None,
+    json_path: JsonOption = None,
+    prior_path: PriorOption = None,
+    valid_subjects: ValidSubjectsOption = DEFAULT_SUBJECTS,
+    dataset_cache: DatasetCacheOption = None,
     cases: Annotated[int, typer.Option(help="People per condition.")] = 100,
     hypotheses: Annotated[int, typer.Option(help="N hypotheses per person.")] = 10,
     seed: Annotated[int, typer.Option(help="Seeds the cases, the noise and the samplers.")] = 0,
@@ -499,7 +502,7 @@ def main(
     threads = apply_torch_threads()
     # The shared data beside the checkout (../shared/data), or BODYSERVE_DATA_DIR.
     data = data or get_settings().data_dir / "mocap"
-    subjects = tuple(s.strip() for s in valid_subjects.split(",") if s.strip())
+    subjects = subject_list(valid_subjects)
     _, valid = load_split(data, subjects, dataset_cache)
     if cases > len(valid.body_pose):
         raise typer.BadParameter(f"--cases {cases}: only {len(valid.body_pose)} frames")

@@ -41,15 +41,27 @@ from scipy.ndimage import gaussian_filter1d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import apply_torch_threads, load_prior, load_split, procrustes_aligned
+from bench.common import (
+    DEFAULT_SUBJECTS,
+    DatasetCacheOption,
+    JsonOption,
+    PriorOption,
+    ValidSubjectsOption,
+    apply_torch_threads,
+    load_prior,
+    load_split,
+    procrustes_aligned,
+    subject_list,
+)
 from shared.bodies.anny_model import FIT_KEYPOINTS, get_anny
 from shared.bodies.base import ANNY_TO_CAMERA
+from shared.bodies.limits import limit_violations
 from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, SMPLX_TO_ANNY
 from shared.fitting.fit import BodyFitter
 from shared.fitting.losses import project
 from shared.inference import FitInputs
-from shared.mocap.dataset import DEFAULT_VALID_SUBJECTS, PoseDataset
+from shared.mocap.dataset import PoseDataset
 from shared.prior import PosePrior, complete, generate
 from shared.prior.poses import anny_pose_from_smplx, skeleton_joints
 
@@ -99,41 +111,9 @@ def pairwise_distance_cm(joints: np.ndarray) -> float:
 
 # Anatomical limits in the SMPL-X convention: the largest rotation of each body joint from the
 # T-pose (degrees), and hinges (knees, elbows) that bend one way about one axis.
-MAX_ANGLE_DEG = {
-    "hip": 130, "knee": 160, "ankle": 100, "foot": 50, "spine1": 60, "spine2": 40, "spine3": 40,
-    "neck": 60, "head": 70, "collar": 45, "shoulder": 170, "elbow": 165, "wrist": 100,
-}  # fmt: skip
-# Flexion axes of the hinges (SMPL-X: knees about +x; elbows about -y / +y). A knee neither
-# hyperextends nor bends sideways; an elbow does not hyperextend (its rotation also carries the
-# forearm's twist, so only its flexion is checked).
-HINGES = {
-    "left_knee": (1.0, 0.0, 0.0),
-    "right_knee": (1.0, 0.0, 0.0),
-    "left_elbow": (0.0, -1.0, 0.0),
-    "right_elbow": (0.0, 1.0, 0.0),
-}
-HINGE_SLACK_DEG = 30.0  # off-axis rotation and hyperextension tolerated by a hinge
-
-
-def limit_violations(body_pose: np.ndarray) -> float:
-    """Share of poses with some joint outside the anatomical limits above."""
-    pose = torch.as_tensor(body_pose, dtype=torch.float64)
-    angle = torch.rad2deg(pose.norm(dim=-1))  # (B, 21)
-    limit = torch.tensor(
-        [MAX_ANGLE_DEG[name.split("_", 1)[-1]] for name in SMPLX_BODY_JOINTS],
-        dtype=torch.float64,
-    )
-    bad = (angle > limit).any(-1)
-    for name, axis in HINGES.items():
-        rotvec = pose[:, SMPLX_BODY_JOINTS.index(name)]
-        flexion = rotvec @ torch.tensor(axis, dtype=torch.float64)
-        off_axis = (rotvec - flexion[:, None] * torch.tensor(axis, dtype=torch.float64)).norm(
-            dim=-1
-        )
-        bad |= torch.rad2deg(-flexion) > HINGE_SLACK_DEG
-        if "knee" in name:
-            bad |= torch.rad2deg(off_axis) > HINGE_SLACK_DEG
-    return float(bad.double().mean())
+def limit_violation_share(body_pose: np.ndarray) -> float:
+    """Share of poses with some joint outside the anatomical limits."""
+    return float(limit_violations(body_pose).mean())
 
 
 # --------------------------------------------------------------------------- tasks
@@ -149,8 +129,8 @@ def bench_generation(prior: PosePrior, valid: PoseDataset, samples: int) -> dict
         "samples": samples,
         "apd_cm": pairwise_distance_cm(skeleton_joints(poses)),
         "apd_cm_validation_poses": pairwise_distance_cm(skeleton_joints(reference)),
-        "limit_violations": limit_violations(poses),
-        "limit_violations_validation_poses": limit_violations(reference),
+        "limit_violations": limit_violation_share(poses),
+        "limit_violations_validation_poses": limit_violation_share(reference),
         "ms_per_sample_batched": per_sample_ms,
     }
 
@@ -443,18 +423,10 @@ def show(figures: dict[str, Any]) -> None:
 
 def main(
     data: Annotated[Path, typer.Option(help="Folder of BVH / AMASS npz files.")],
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the figures here.")
-    ] = None,
-    prior_path: Annotated[
-        Path | None, typer.Option("--prior", help="prior.pt or its folder.")
-    ] = None,
-    valid_subjects: Annotated[str, typer.Option(help="Comma-separated subject ids.")] = ",".join(
-        DEFAULT_VALID_SUBJECTS
-    ),
-    dataset_cache: Annotated[
-        Path | None, typer.Option(help="Reuse/write the ingested dataset here (.npz).")
-    ] = None,
+    json_path: JsonOption = None,
+    prior_path: PriorOption = None,
+    valid_subjects: ValidSubjectsOption = DEFAULT_SUBJECTS,
+    dataset_cache: DatasetCacheOption = None,
     samples: Annotated[int, typer.Option(help="Generated poses.")] = 500,
     completion_cases: Annotated[int, typer.Option(help="Poses to complete.")] = 200,
     hypotheses: Annotated[int, typer.Option(help="k hypotheses per completion.")] = 10,
@@ -462,7 +434,7 @@ def main(
     fitting_cases: Annotated[int, typer.Option(help="Synthetic people to fit.")] = 100,
 ) -> None:
     apply_torch_threads()
-    subjects = tuple(s.strip() for s in valid_subjects.split(",") if s.strip())
+    subjects = subject_list(valid_subjects)
     train, valid = load_split(data, subjects, dataset_cache)
     prior, prior_name = load_prior(prior_path)
     figures: dict[str, Any] = {

@@ -10,17 +10,24 @@ hidden joints) and agree where it does not.
 Per track (one person in one image, or one person over T frames):
 
 1. Rigid start: the prior's mean pose placed at four headings in front of the camera, its
-   orientation and position fitted to the torso and head keypoints; the best heading wins.
-   Each hypothesis then starts turned by its own small random rotation, so that the hypotheses
-   also explore how the body leans towards or away from the camera.
+   orientation and position fitted to the torso and head keypoints; the best heading wins (one
+   heading for all the frames of a track). Each hypothesis then starts turned by its own random
+   rotation (``orient_jitter_deg`` per axis): the prior models the pose, not how the whole body
+   leans or turns, and without the turn every hypothesis would lean the same way and the spread
+   would be overconfident.
 2. Guided sampling: ``steps`` reverse steps of the prior (ancestral, DPM-Solver++ form), each
    followed by ``inner_iterations`` Adam steps on ``x0_hat``, orientation and position against
-   the robust reprojection energy plus a proximal term that keeps ``x0_hat`` near the prior's
-   prediction; the proximal weight grows as the noise falls (trust the prior's sharp late
-   predictions, let the data steer the blurry early ones). Frames of a track share each
-   hypothesis' noise and a velocity penalty ties consecutive frames together.
+   the energy (robust reprojection, anatomical limits, and along a track the acceleration of
+   the pose) plus a proximal term that keeps ``x0_hat`` near the prior's prediction; the
+   proximal weight grows as the noise falls (trust the prior's sharp late predictions, let the
+   data steer the blurry early ones). Frames of a track share each hypothesis' noise.
 3. Refinement: ``refine_iterations`` Adam steps of the same energy with the proximal term around
    the sample, so every hypothesis reprojects tightly.
+4. Rejection: ``oversample`` more hypotheses are drawn than asked for, and the first N that land
+   on the keypoints are kept (a hypothesis whose reprojection error exceeds its frame's best by
+   ``retry_error`` of the person's size fails: a start turned into a bad basin, the body facing
+   away or a leg crossed over). Sampling conditioned on the 2D by rejection; small batches cost
+   per operation, not per row, so the extra rows are nearly free.
 
 Frames: the OpenCV camera frame (x right, y down, z ahead), metres. ``global_orient`` rotates the
 SMPL-X body frame (Y up, facing +Z) into the camera, so an upright person facing the camera has
@@ -37,6 +44,7 @@ import roma
 import torch
 from torch import Tensor
 
+from shared.bodies.limits import limit_penalty
 from shared.bodies.skeleton import rodrigues
 from shared.fitting.losses import geman_mcclure, project
 from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
@@ -56,28 +64,39 @@ MAX_HYPOTHESES = 64
 @dataclass(frozen=True)
 class LiftSettings:
     """Knobs of the guided sampler. The defaults were chosen with synthetic noisy views of
-    training-subject mocap poses (1.5 % keypoint noise, 10 % dropped), balancing accuracy,
-    calibration of the spread and the cost (44 energy evaluations per hypothesis);
-    ``bench/lifting.py`` reports on held-out subjects."""
+    mocap poses (1.5 % keypoint noise, 10 % dropped) and the COCO-annotated skier of the shared
+    data, balancing accuracy, calibration of the spread, every hypothesis landing on the
+    keypoints, and cost (36 energy evaluations); ``bench/lifting.py`` reports on held-out
+    subjects."""
 
     steps: int = 6
     inner_iterations: int = 2
-    refine_iterations: int = 32
+    refine_iterations: int = 24
     rigid_iterations: int = 15
     learning_rate: float = 0.08
     # Orientation and position move at this fraction of the pose's learning rate.
     rigid_rate: float = 0.5
-    # Each hypothesis starts turned by a random rotation of this standard deviation per axis:
-    # without it every hypothesis leans the same way and the spread is overconfident.
+    # Each hypothesis starts turned by a random rotation of this standard deviation per axis.
     orient_jitter_deg: float = 20.0
+    # The body axes of that turn (SMPL-X body frame: x left, y up, z forward).
+    jitter_axes: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Extra hypotheses drawn, as a fraction of those asked for, and the reprojection error
+    # (above the frame's best, as a fraction of the person's size) that rejects one.
+    oversample: float = 0.5
+    retry_error: float = 0.04
     # Robust scale of the reprojection residual, as a fraction of the person's size in pixels.
     sigma: float = 0.05
     # Proximal weight towards the prior's prediction: proximal * (alpha_t / sigma_t)^2.
     proximal: float = 2e-4
     # Proximal weight of the refinement around the final sample.
     refine_proximal: float = 1e-4
-    # Velocity penalty between consecutive frames of a track (per m^2 of joint displacement).
-    smoothness: float = 20.0
+    # Acceleration penalty along a track, per m^2 of the pelvis-relative joints' second
+    # difference. Small: it irons out jitter; larger, it drags a track off its keypoints.
+    smoothness: float = 0.5
+    # Weight of the anatomical limits (per squared radian beyond them): the prior keeps the
+    # samples human, but the refinement follows the keypoints alone and could bend a knee
+    # backwards to meet a noisy ankle.
+    limits: float = 10.0
 
 
 @dataclass
@@ -137,14 +156,20 @@ class _Energy:
         ]
         robust = geman_mcclure(residual.square().sum(-1), self.settings.sigma)
         energy = (self.confidence * robust).sum(-1) / self.norm
-        if self.frames > 1 and self.settings.smoothness > 0:
-            # Rows are ordered (track, frame, hypothesis): compare frame t with t + 1.
-            by_frame = joints.view(-1, self.frames, self.hypotheses, 22, 3)
-            step = (by_frame[:, 1:] - by_frame[:, :-1]).square().sum((-1, -2))  # (S, T-1, N)
-            velocity = torch.zeros_like(by_frame[..., 0, 0])
-            velocity[:, 1:] += step
-            velocity[:, :-1] += step
-            energy = energy + self.settings.smoothness * velocity.flatten() / 2
+        if self.settings.limits > 0:
+            energy = energy + self.settings.limits * limit_penalty(pose)
+        if self.frames > 2 and self.settings.smoothness > 0:
+            # Rows are ordered (track, frame, hypothesis). Penalise each frame's share of the
+            # joints' acceleration (second difference): jitter, not steady motion.
+            relative = joints - joints[:, :1]  # the pose; where the body stands follows the 2D
+            by_frame = relative.view(-1, self.frames, self.hypotheses, 22, 3)
+            accel = by_frame[:, 2:] - 2 * by_frame[:, 1:-1] + by_frame[:, :-2]
+            cost = accel.square().sum((-1, -2))  # (S, T-2, N)
+            share = torch.zeros_like(by_frame[..., 0, 0])
+            share[:, 2:] += cost
+            share[:, 1:-1] += cost
+            share[:, :-2] += cost
+            energy = energy + self.settings.smoothness * share.flatten() / 3
         return energy, joints
 
 
@@ -154,8 +179,10 @@ def _rigid_start(
     target: Tensor,
     camera: Tensor,
     settings: LiftSettings,
+    track_length: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Best orientation (F, 3) and pelvis (F, 3) of the mean pose per frame, from 4 headings.
+    """Best orientation (F, 3) and pelvis (F, 3) of the mean pose per frame, from 4 headings,
+    the same heading for the frames of a track (F = tracks * track_length).
 
     The pose does not change here, so its keypoints are computed once and only moved rigidly.
     """
@@ -198,7 +225,9 @@ def _rigid_start(
         optimiser.step()
     with torch.no_grad():
         value, pelvis = loss()
-        best = value.view(frames, headings).argmin(1) + torch.arange(frames) * headings
+        # One heading per track (the frames of a track do not turn around between frames).
+        per_track = value.view(-1, track_length, headings).sum(1).argmin(-1)
+        best = per_track.repeat_interleave(track_length) + torch.arange(frames) * headings
         return orient.detach()[best], pelvis[best]
 
 
@@ -230,6 +259,101 @@ def _initial_depth(
     has_shoulders = (conf[:, [idx["left_shoulder"], idx["right_shoulder"]]] > 0).all(-1)
     depth = torch.where(has_torso, by_torso, torch.where(has_shoulders, by_shoulders, by_size))
     return depth.clamp(0.3, 200.0)
+
+
+class _GuidedSampler:
+    """The guided reverse diffusion and refinement of rows ordered (track, frame, hypothesis)."""
+
+    def __init__(
+        self, prior: PosePrior, skeleton: KeypointSkeleton, settings: LiftSettings, frames: int
+    ) -> None:
+        self.prior = prior
+        self.skeleton = skeleton
+        self.settings = settings
+        self.frames = frames
+
+    def __call__(
+        self,
+        target: Tensor,
+        camera: Tensor,
+        orient0: Tensor,
+        pelvis0: Tensor,
+        seeds_by_track: list[list[int]],
+        jitter: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(F, K, 3) keypoints, (F, 4) cameras and the rigid start (F, 3) x 2 of F = S * T
+        frames -> body pose (R, 21, 3), orientation (R, 3), pelvis (R, 3) and mean
+        reprojection error (R,) px of the R = F * N rows."""
+        prior, settings, frames = self.prior, self.settings, self.frames
+        tracks, n = len(seeds_by_track), len(seeds_by_track[0])
+        row_target = target.repeat_interleave(n, 0)
+        row_camera = camera.repeat_interleave(n, 0)
+        energy = _Energy(self.skeleton, row_target, row_camera, frames, n, settings)
+        # Each hypothesis' noise, shared by the frames of its track: x_1, one draw per step,
+        # and the start's turn (3 of the last draw's 63 numbers).
+        draws = 2 + settings.steps
+        noise = row_noise([h for seeds in seeds_by_track for h in seeds], draws)
+        noise = noise.view(tracks, 1, n, draws, -1).expand(-1, frames, -1, -1, -1)
+        noise = noise.reshape(tracks * frames * n, draws, -1)
+        orient_rows = roma.rotvec_to_rotmat(orient0.repeat_interleave(n, 0))
+        if jitter:
+            # Each hypothesis starts from the rigid fit leaned by its own random angle about
+            # the body's left-right axis: how far a body leans towards the camera is what a
+            # photo shows least, and without this every hypothesis would lean the same way.
+            lean = noise[:, -1, :3] * torch.tensor(settings.jitter_axes)
+            orient_rows = orient_rows @ rodrigues(lean * math.radians(settings.orient_jitter_deg))
+        orient = roma.rotmat_to_rotvec(orient_rows).requires_grad_(True)
+        pelvis = pelvis0.repeat_interleave(n, 0).clone().requires_grad_(True)
+        pose_var = torch.zeros(len(row_target), prior.mean.numel(), requires_grad=True)
+        optimiser = torch.optim.Adam(
+            [
+                {"params": [pose_var], "lr": settings.learning_rate},
+                {"params": [orient, pelvis], "lr": settings.learning_rate * settings.rigid_rate},
+            ],
+            fused=True,
+        )
+
+        def correct(x0: Tensor, weight: float, iterations: int) -> Tensor:
+            """``iterations`` Adam steps from the prediction ``x0``: the pose starts afresh
+            (its moments reset), orientation and position carry on from the last call."""
+            anchor = x0.detach()
+            with torch.no_grad():
+                pose_var.copy_(anchor)
+            optimiser.state.pop(pose_var, None)
+            for _ in range(iterations):
+                optimiser.zero_grad()
+                pose = prior.denormalise(pose_var).view(-1, 21, 3)
+                data, _ = energy(pose, orient, pelvis)
+                loss = data + weight * (pose_var - anchor).square().sum(-1)
+                loss.sum().backward()
+                optimiser.step()
+            return pose_var.detach().clone()
+
+        stepper = _Stepper(prior)
+        grid = [*time_grid(prior, settings.steps).tolist(), 0.0]
+        x = noise[:, 0] * prior.sde.prior_std()
+        for i in range(len(grid) - 1):
+            t, s = grid[i], grid[i + 1]
+            with torch.no_grad():
+                x0_hat = stepper.denoise(x, t)
+            alpha_t, sigma_t = stepper.marginal(t)
+            x0_hat = correct(
+                x0_hat, settings.proximal * (alpha_t / sigma_t) ** 2, settings.inner_iterations
+            )
+            if s <= 0.0:
+                x = x0_hat
+                break
+            with torch.no_grad():
+                x = stepper.step(x, x0_hat, t, s, 1.0, noise[:, i + 1])
+        x = correct(x, settings.refine_proximal, settings.refine_iterations)
+
+        with torch.no_grad():
+            pose = prior.denormalise(x).view(-1, 21, 3)
+            _, points = self.skeleton(orient, pose, pelvis)
+            used = row_target[..., 2] > 0
+            distance = (project(points, row_camera) - row_target[..., :2]).norm(dim=-1)
+            error = (distance * used).sum(-1) / used.sum(-1).clamp(min=1)
+        return pose, orient.detach(), pelvis.detach(), error
 
 
 def lift(
@@ -282,78 +406,34 @@ def lift(
     try:
         with torch.no_grad():
             mean_pose = prior.denormalise(torch.zeros(1, prior.mean.numel())).reshape(1, 21, 3)
-        orient0, pelvis0 = _rigid_start(skeleton, mean_pose, flat_target, frame_camera, settings)
-        # Rows: (track, frame, hypothesis).
-        n = hypotheses
-        flat_seeds = [h for seed in seed_list for h in hypothesis_seeds(seed, n)]
-        row_target = flat_target.repeat_interleave(n, 0)
-        row_camera = frame_camera.repeat_interleave(n, 0)
-        energy = _Energy(skeleton, row_target, row_camera, frames, n, settings)
-        # Each hypothesis starts from the rigid fit turned by its own small random rotation
-        # about the body's centre, so hypotheses also explore how the body leans and turns.
-        draws = 2 + settings.steps  # x_1, one per step, and the start's turn (3 of 63)
-        noise = row_noise(flat_seeds, draws)
-        jitter = noise[:, -1, :3]
-        jitter = jitter.view(tracks, 1, n, 3).expand(-1, frames, -1, -1).reshape(-1, 3)
-        turn = roma.rotvec_to_rotmat(jitter * math.radians(settings.orient_jitter_deg))
-        orient_rows = roma.rotvec_to_rotmat(orient0.repeat_interleave(n, 0))
-        orient = roma.rotmat_to_rotvec(orient_rows @ turn).requires_grad_(True)
-        pelvis = pelvis0.repeat_interleave(n, 0).clone().requires_grad_(True)
-        pose_var = torch.zeros(len(row_target), prior.mean.numel(), requires_grad=True)
-        optimiser = torch.optim.Adam(
-            [
-                {"params": [pose_var], "lr": settings.learning_rate},
-                {"params": [orient, pelvis], "lr": settings.learning_rate * settings.rigid_rate},
-            ],
-            fused=True,
+        orient0, pelvis0 = _rigid_start(
+            skeleton, mean_pose, flat_target, frame_camera, settings, frames
         )
-
-        # Each hypothesis' noise, shared by the frames of its track: (S, N, draws, 63).
-        noise = noise.view(tracks, 1, n, draws, -1).expand(-1, frames, -1, -1, -1)
-        noise = noise.reshape(tracks * frames * n, draws, -1)
-
-        stepper = _Stepper(prior)
-        times = time_grid(prior, settings.steps)
-        grid = [*times.tolist(), 0.0]
-        x = noise[:, 0] * prior.sde.prior_std()
-
-        def correct(x0: Tensor, weight: float, iterations: int) -> Tensor:
-            """``iterations`` Adam steps from the prediction ``x0``: the pose starts afresh
-            (its moments reset), orientation and position carry on from the last call."""
-            anchor = x0.detach()
-            with torch.no_grad():
-                pose_var.copy_(anchor)
-            optimiser.state.pop(pose_var, None)
-            for _ in range(iterations):
-                optimiser.zero_grad()
-                pose = prior.denormalise(pose_var).view(-1, 21, 3)
-                data, _ = energy(pose, orient, pelvis)
-                loss = data + weight * (pose_var - anchor).square().sum(-1)
-                loss.sum().backward()
-                optimiser.step()
-            return pose_var.detach().clone()
-
-        for i in range(len(grid) - 1):
-            t, s = grid[i], grid[i + 1]
-            with torch.no_grad():
-                x0_hat = stepper.denoise(x, t)
-            alpha_t, sigma_t = stepper.marginal(t)
-            weight = settings.proximal * (alpha_t / sigma_t) ** 2
-            x0_hat = correct(x0_hat, weight, settings.inner_iterations)
-            if s <= 0.0:
-                x = x0_hat
-                break
-            with torch.no_grad():
-                x = stepper.step(x, x0_hat, t, s, 1.0, noise[:, i + 1])
-        x = correct(x, settings.refine_proximal, settings.refine_iterations)
-
+        n = hypotheses
+        # Draw more hypotheses than asked and keep the first n that land on the keypoints: a
+        # start turned into a bad basin (the body facing away, a leg crossed over) ends far
+        # from them. Sampling conditioned on the 2D by rejection; the batch is small enough
+        # that the extra rows cost little.
+        drawn = n + math.ceil(n * settings.oversample)
+        seeds_by_track = [hypothesis_seeds(seed, drawn) for seed in seed_list]
+        sample = _GuidedSampler(prior, skeleton, settings, frames)
+        pose, orient, pelvis, error = sample(
+            flat_target, frame_camera, orient0, pelvis0, seeds_by_track, jitter=True
+        )
+        by_hypothesis = error.view(tracks, frames, drawn)
+        best = by_hypothesis.min(-1, keepdim=True).values
+        scale = person_scale(flat_target).view(tracks, frames, 1)
+        excess = (by_hypothesis - best - settings.retry_error * scale).amax(1)  # (S, drawn)
+        # Passing hypotheses in seed order, then the failing ones, least bad first.
+        rank = torch.where(excess > 0, excess + 1e6, 0.0) + torch.arange(drawn) * 1e-3
+        keep = rank.argsort(-1)[:, :n].sort(-1).values  # (S, n)
+        rows = (
+            torch.arange(tracks * frames).view(tracks, frames, 1) * drawn + keep[:, None, :]
+        ).flatten()
+        pose, orient, pelvis, error = pose[rows], orient[rows], pelvis[rows], error[rows]
         with torch.no_grad():
-            pose = prior.denormalise(x).view(-1, 21, 3)
             joints, points = skeleton(orient, pose, pelvis)
-            projected = project(points, row_camera)
-            used = row_target[..., 2] > 0
-            distance = (projected - row_target[..., :2]).norm(dim=-1)
-            error = (distance * used).sum(-1) / used.sum(-1).clamp(min=1)
+            projected = project(points, frame_camera.repeat_interleave(n, 0))
     finally:
         prior.train(was_training)
 

@@ -208,3 +208,32 @@ def test_anny_in_the_camera_is_the_lifted_body() -> None:
         False
     )
     assert (points - truth).norm(dim=-1)[:, body_points].max() < 1e-4
+
+
+def test_every_hypothesis_of_a_real_annotation_lands_on_it(prior: PosePrior) -> None:
+    """The COCO annotation of a real photo (a skier): across seeds, every hypothesis reprojects
+    onto the annotated keypoints (rejection drops starts turned into a bad basin) and no knee
+    bends backwards (the anatomical limits hold through the refinement)."""
+    import json
+
+    from shared.keypoints.formats import convert
+    from shared.pipeline.mesh_recovery import default_camera
+    from shared.settings import get_settings
+
+    path = get_settings().data_dir / "keypoints2d/coco_val2017_000000000785_person_keypoints.json"
+    if not path.exists():
+        missing(f"the COCO keypoint annotation is not at {path} (set BODYSERVE_DATA_DIR)")
+    data = json.loads(path.read_text())
+    coco = np.array(data["annotations"][0]["keypoints"], np.float32).reshape(17, 3)
+    coco[:, 2] = coco[:, 2] > 0
+    keypoints = convert(coco, "coco17", "mediapipe33")
+    image = data["images"][0]
+    camera = default_camera(image["width"], image["height"], None)[None]
+    seen = keypoints[:, 2] > 0
+    diagonal = np.linalg.norm(coco[:, :2].max(0) - coco[:, :2].min(0))
+    knees = [BODY_JOINT_NAMES.index(n) - 1 for n in ("left_knee", "right_knee")]  # body_pose rows
+    for seed in range(4):
+        result = lift(prior, keypoints[None, None], camera, 10, [seed])
+        distance = np.linalg.norm(result.keypoints_2d[0, 0][:, seen] - keypoints[seen, :2], axis=-1)
+        assert (np.median(distance, -1) < 0.04 * diagonal).all(), np.median(distance, -1)
+        assert (result.body_pose[0, 0][:, knees, 0] > -np.radians(10)).all()
