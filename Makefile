@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PHOTO ?= ../shared/data/photos/codait_yogait_t6.jpg
 OUT ?= out
 
-.PHONY: setup demo test test-unit lint bench bench-prior bench-lifting train-prior down clean
+.PHONY: setup demo test test-unit lint bench bench-prior bench-lifting bench-load train-prior down clean
 
 setup:
 	./scripts/setup.sh
@@ -33,6 +33,10 @@ bench-prior: setup
 
 bench-lifting: setup
 	$(BIN)/python bench/lifting.py --data ../shared/data/mocap --json $(OUT)/bench_lifting.json
+
+# 240 jobs from 32 concurrent clients on a local stack it starts and stops: lost, duplicated, p50/p99.
+bench-load: setup
+	$(BIN)/python bench/load.py --jobs 240 --clients 32 --json $(OUT)/bench_load.json
 
 # Trains the pose prior on the shared CMU mocap and publishes it as the next pose_prior version.
 train-prior: setup

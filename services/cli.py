@@ -15,6 +15,10 @@ from rich.table import Table
 from shared.settings import get_settings
 
 app = typer.Typer(help="bodyserve: 3D human understanding, served.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys of the gateway (BODYSERVE_AUTH_MODE=keys), in BODYSERVE_REDIS_URL.",
+    no_args_is_help=True,
+)
 console = Console()
 
 
@@ -25,9 +29,100 @@ def _mount_subapps() -> None:
     app.add_typer(stack_app, name="stack", help="Start, stop or inspect the local stack.")
     app.add_typer(triton_app, name="triton", help="Run Triton with bodyserve's models.")
     app.add_typer(train_app, name="train", help="Train models (pose prior) and publish them.")
+    app.add_typer(keys_app, name="keys", help="Issue, list and revoke API keys.")
 
 
 _mount_subapps()
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def _limit(value: int | None, default: int) -> str:
+    """A key's limit as shown: its own, or the settings' default (0: unlimited)."""
+    effective = default if value is None else value
+    text = "unlimited" if effective == 0 else str(effective)
+    return f"{text} (default)" if value is None else text
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the key (a team, a service).")],
+    rate_per_minute: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Job submissions per minute; 0: unlimited. "
+            "Default: BODYSERVE_KEY_RATE_PER_MINUTE at each request.",
+        ),
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Jobs queued or running at once; 0: unlimited. "
+            "Default: BODYSERVE_KEY_MAX_CONCURRENT at each request.",
+        ),
+    ] = None,
+) -> None:
+    """Issue a key and print it once (only its hash is stored)."""
+    from services.common.keys import key_store
+
+    key, token = key_store().create(
+        name, rate_per_minute=rate_per_minute, max_concurrent=max_concurrent
+    )
+    settings = get_settings()
+    # The token alone on stdout (KEY=$(bodyserve keys create ci)); the rest on stderr.
+    err = Console(stderr=True)
+    err.print(
+        f"key {key.id} ({key.name}): {_limit(key.rate_per_minute, settings.key_rate_per_minute)} "
+        f"submissions/min, {_limit(key.max_concurrent, settings.key_max_concurrent)} concurrent "
+        "jobs. Store it now: it is not shown again. Use: Authorization: Bearer <key>"
+    )
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every key: id, name, created, revoked, limits (never the secrets)."""
+    from services.common.keys import key_store
+
+    keys = key_store().list()
+    if as_json:
+        typer.echo(json.dumps([key.__dict__ for key in keys], indent=2))
+        return
+    settings = get_settings()
+    table = Table(title=f"{len(keys)} API keys", title_justify="left")
+    for column in ("id", "name", "created", "state", "submissions/min", "concurrent jobs"):
+        table.add_column(column)
+    for key in keys:
+        table.add_row(
+            key.id,
+            key.name,
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created_at)),
+            "revoked" if key.revoked else "active",
+            _limit(key.rate_per_minute, settings.key_rate_per_minute),
+            _limit(key.max_concurrent, settings.key_max_concurrent),
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Revoke a key at once: its requests get 401 (jobs it already queued still run)."""
+    from services.common.keys import KeyNotFound, key_store
+
+    try:
+        key = key_store().revoke(key_id)
+    except KeyNotFound:
+        console.print(f"[red]no API key with id {key_id!r} (see `bodyserve keys list`)")
+        raise typer.Exit(1) from None
+    console.print(f"revoked key {key.id} ({key.name})")
+
+
+# --------------------------------------------------------------------------- pipeline
 
 
 @app.command()
@@ -135,6 +230,10 @@ def submit(
     photos: Annotated[list[Path], typer.Argument(help="One or more photos.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out"),
     url: Annotated[str | None, typer.Option(help="Gateway URL.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="BODYSERVE_API_KEY", help="API key (not needed in open mode)."),
+    ] = None,
     max_people: int = 4,
     outputs: str = "glb,overlay,npz,json",
     timeout: float = 120.0,
@@ -144,7 +243,8 @@ def submit(
 
     settings = get_settings()
     base = url or f"http://{settings.gateway_host}:{settings.gateway_port}"
-    with httpx.Client(base_url=base, timeout=timeout + 10) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base, timeout=timeout + 10, headers=headers) as client:
         for photo in _photos(photos):
             started = time.perf_counter()
             with console.status(f"{photo.name}: queued at {base}"):

@@ -4,7 +4,8 @@ Each component runs as its own process group on 127.0.0.1, with its log and pid 
 ``<var_dir>/stack/`` and the stack's configuration (ports, URLs, start times) in
 ``<var_dir>/stack/stack.json``, so ``bodyserve stack status`` / ``down`` from another shell
 find what ``up`` started. Every component gets the same environment (``BODYSERVE_REDIS_URL``,
-``BODYSERVE_TRITON_URL``, ``BODYSERVE_VAR_DIR``, ...).
+``BODYSERVE_TRITON_URL``, ``BODYSERVE_VAR_DIR``, ...), in open mode (``BODYSERVE_AUTH_MODE=open``:
+no API keys) unless the environment sets ``BODYSERVE_AUTH_MODE``.
 
 - ``redis``: ``redis-server`` on its own port (6390) with ``--dir <var_dir>/redis``; only when
   no Redis URL is given (``BODYSERVE_REDIS_URL`` in the environment, or ``redis_url``).
@@ -58,6 +59,7 @@ DEFAULT_REDIS_PORT = 6390
 DEFAULT_QUEUES: tuple[str, ...] = ("mesh_recovery", "poses")
 ALL_COMPONENTS: tuple[str, ...] = ("redis", "triton", "workers", "gateway")
 CELERY_APP = "services.workers.celery_app:app"
+COMPUTE_NICENESS = 10
 GATEWAY_APP = "services.gateway.app:app"
 
 
@@ -309,6 +311,8 @@ class LocalStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # Local demos and tests: open mode (no API key), unless the environment asks for keys.
+        env.setdefault("BODYSERVE_AUTH_MODE", "open")
         if "triton" in self.config.components:
             env["BODYSERVE_TRITON_URL"] = self.triton_url
         if self.config.model_repository:
@@ -477,6 +481,11 @@ class LocalStack:
         if busy:
             raise StackError(f"{name}: port(s) {busy} already in use by another process")
         argv, env = self._command(name)
+        nice = shutil.which("nice")
+        if nice and (name == "triton" or name.startswith("worker-")):
+            # The compute services yield the CPU to the gateway and Redis: on a small machine
+            # status reads stay fast while models run (in Kubernetes they are separate pods).
+            argv = [nice, "-n", str(COMPUTE_NICENESS), *argv]
         log = self.log_path(name)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:

@@ -58,12 +58,34 @@ class Settings(BaseSettings):
         default=None, description="Port of a worker's Prometheus endpoint (compose: 9100)."
     )
 
+    # --- access -------------------------------------------------------------------------
+    auth_mode: Literal["keys", "open"] = Field(
+        default="keys",
+        description="keys: every /v1 request needs an API key (`bodyserve keys create`); "
+        "open: no key, one shared owner, no limits (local demos only).",
+    )
+    key_rate_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Job submissions per minute of a key without its own limit (0: unlimited).",
+    )
+    key_max_concurrent: int = Field(
+        default=8,
+        ge=0,
+        description="Queued or running jobs of a key without its own limit (0: unlimited).",
+    )
+
     # --- jobs ---------------------------------------------------------------------------
     result_ttl_s: int = 7 * 24 * 3600
     job_soft_time_limit_s: int = 120
     job_hard_time_limit_s: int = 180
     job_max_retries: int = 3
     max_wait_s: float = 60.0
+    idempotency_ttl_s: int = Field(
+        default=24 * 3600,
+        ge=1,
+        description="How long an Idempotency-Key stays bound to the job its request created.",
+    )
 
     # --- input limits -------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024

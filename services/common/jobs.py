@@ -2,12 +2,15 @@
 
 Keys (``bodyserve:`` prefix):
 
-- ``job:<id>``: hash with id, capability, status, progress, message, error, created/started/
-  finished timestamps, attempts, worker; expires ``result_ttl_s`` after the job ends.
+- ``job:<id>``: hash with id, capability, owner (the API key id that submitted it; records from
+  before keys read as ``open``), status, progress, message, error, created/started/finished
+  timestamps, attempts, worker; expires ``result_ttl_s`` after the job ends.
 - ``job:<id>:result``: the JSON result, same expiry.
 - ``job:<id>:lease``: held by the worker running the job, refreshed by a heartbeat; a job whose
   lease lapsed while its message is still unacknowledged belongs to a dead worker (see
   ``services.workers.recovery``).
+- ``owner:<owner>:active``: set of the owner's jobs that have not ended (its concurrent-job
+  quota): added to by ``create``, removed from by ``finish``, the one place where jobs end.
 - ``metrics:jobs``: counters ``<capability>|<outcome>`` and duration sums/buckets, read by the
   gateway's /metrics so one scrape shows every worker's outcomes.
 """
@@ -27,6 +30,34 @@ PREFIX = "bodyserve:"
 DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LEASE_TTL_S = 10
 HEARTBEAT_S = 3.0
+# The owner of every job in open mode, and of records written before jobs had owners.
+OPEN_OWNER = "open"
+
+# Create a job unless its owner already has ``max_active`` jobs that have not ended (0: no
+# limit), in one step, so that concurrent submissions cannot both take the last slot. Members
+# whose record has ended or is gone (deleted by hand, a restored backup) are dropped first, so
+# a lost ``finish`` cannot hold a slot for ever.
+# KEYS: job hash, owner's active set. ARGV: max_active, job id, key prefix, terminal statuses
+# (3), then the record's field/value pairs. Returns -1 when created, else the active count.
+_CREATE_SCRIPT = """
+local max_active = tonumber(ARGV[1])
+if max_active > 0 then
+  local terminal = {[ARGV[4]] = true, [ARGV[5]] = true, [ARGV[6]] = true}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local status = redis.call('HGET', ARGV[3] .. 'job:' .. id, 'status')
+    if (not status) or terminal[status] then
+      redis.call('SREM', KEYS[2], id)
+    end
+  end
+  local active = redis.call('SCARD', KEYS[2])
+  if active >= max_active then
+    return active
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('SADD', KEYS[2], ARGV[2])
+return -1
+"""
 
 
 class JobStatus(StrEnum):
@@ -41,8 +72,20 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
+
+
 class JobNotFound(KeyError):
     pass
+
+
+class QuotaExceeded(Exception):
+    """The owner already has its most concurrent jobs (``limit``) running or queued."""
+
+    def __init__(self, owner: str, limit: int) -> None:
+        super().__init__(f"{owner} already has {limit} jobs that have not ended")
+        self.owner = owner
+        self.limit = limit
 
 
 @dataclass
@@ -58,6 +101,7 @@ class Job:
     finished_at: float | None
     attempts: int
     options: dict[str, Any]
+    owner: str = OPEN_OWNER
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Job:
@@ -76,6 +120,7 @@ class Job:
             finished_at=number("finished_at"),
             attempts=int(data.get("attempts", 0)),
             options=json.loads(data.get("options", "{}")),
+            owner=data.get("owner") or OPEN_OWNER,
         )
 
 
@@ -87,6 +132,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, result_ttl_s: int) -> None:
         self.redis = client
         self.result_ttl_s = result_ttl_s
+        self._create_script = client.register_script(_CREATE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, result_ttl_s: int) -> JobStore:
@@ -99,13 +145,28 @@ class JobStore:
     def key(job_id: str, suffix: str = "") -> str:
         return f"{PREFIX}job:{job_id}{':' + suffix if suffix else ''}"
 
+    @staticmethod
+    def active_key(owner: str) -> str:
+        return f"{PREFIX}owner:{owner}:active"
+
     # ------------------------------------------------------------------ life cycle
-    def create(self, capability: str, options: dict[str, Any], job_id: str | None = None) -> Job:
+    def create(
+        self,
+        capability: str,
+        options: dict[str, Any],
+        job_id: str | None = None,
+        *,
+        owner: str = OPEN_OWNER,
+        max_active: int = 0,
+    ) -> Job:
+        """Record a queued job of ``owner``; :class:`QuotaExceeded` when ``owner`` already has
+        ``max_active`` jobs that have not ended (0: no limit)."""
         job_id = job_id or new_job_id()
         now = time.time()
         record = {
             "id": job_id,
             "capability": capability,
+            "owner": owner,
             "status": JobStatus.queued.value,
             "progress": "0",
             "message": "queued",
@@ -113,7 +174,13 @@ class JobStore:
             "attempts": "0",
             "options": json.dumps(options),
         }
-        self.redis.hset(self.key(job_id), mapping=dict[Any, Any](record))
+        fields = [item for pair in record.items() for item in pair]
+        active = self._create_script(
+            keys=[self.key(job_id), self.active_key(owner)],
+            args=[max_active, job_id, PREFIX, *TERMINAL_STATUSES, *fields],
+        )
+        if int(active) >= 0:
+            raise QuotaExceeded(owner, max_active)
         return Job.from_hash(record)
 
     def get(self, job_id: str) -> Job:
@@ -184,6 +251,7 @@ class JobStore:
                     )
                     pipe.expire(key, self.result_ttl_s)
                     # Wakes up any client waiting on ?wait=SECONDS.
+                    pipe.srem(self.active_key(str(record.get("owner") or OPEN_OWNER)), job_id)
                     pipe.lpush(self.key(job_id, "done"), status.value)
                     pipe.expire(self.key(job_id, "done"), 300)
                     started = float(record.get("started_at") or record["created_at"])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 
 from services.gateway import errors
-from services.gateway.deps import job_store
+from services.gateway.auth import authenticate
+from services.gateway.deps import job_store, settings
 from services.gateway.metrics import LATENCY, REQUESTS, RedisJobCollector, registry
 from services.gateway.routes import health, jobs, mesh_recovery, poses
+
+log = logging.getLogger("bodyserve.gateway")
 
 
 def create_app() -> FastAPI:
@@ -21,10 +25,15 @@ def create_app() -> FastAPI:
         "and a Location header; poll it, or pass ?wait=SECONDS to get the result in one call.",
     )
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(mesh_recovery.router)
-    app.include_router(poses.router)
-    app.include_router(jobs.router)
+    app.include_router(health.router)  # /healthz, /readyz, /metrics: no key
+    # Every /v1 route: an API key (401 without), whose principal owns the jobs it submits.
+    for router in (mesh_recovery.router, poses.router, jobs.router):
+        app.include_router(router, dependencies=[Depends(authenticate)])
+    if settings().auth_mode == "open":
+        log.warning(
+            "open mode (BODYSERVE_AUTH_MODE=open): no API key is needed, every client sees "
+            "every job and no limit applies; for local demos only"
+        )
     registry.register(RedisJobCollector(job_store()))
 
     @app.middleware("http")

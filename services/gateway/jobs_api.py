@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -13,9 +14,28 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.common.jobs import Job, JobStatus, JobStore
+from services.common.jobs import (
+    OPEN_OWNER,
+    Job,
+    JobNotFound,
+    JobStatus,
+    JobStore,
+    QuotaExceeded,
+    new_job_id,
+)
+from services.common.keys import Principal, RateLimited, submission_limiter
 from services.common.stores import artifact_store, job_store
+from services.gateway.auth import current_principal
 from services.gateway.errors import ApiError
+from services.gateway.idempotency import (
+    REPLAYED_HEADER,
+    Binding,
+    IdempotencyKeys,
+    fingerprint,
+    idempotency_key,
+    mismatch,
+)
+from services.gateway.metrics import JOBS_SUBMITTED
 from services.workers.celery_app import QUEUES, TASKS
 from services.workers.celery_app import app as celery_app
 from shared.schemas import JobInfo
@@ -23,6 +43,12 @@ from shared.settings import get_settings
 from shared.storage import ArtifactStore
 
 _async_redis: aioredis.Redis | None = None
+_idempotency_keys: IdempotencyKeys | None = None
+# How long a repeat of an idempotent request waits for the job its first try is creating.
+IDEMPOTENT_WAIT_S = 10.0
+# Retry-After of the concurrent-job quota: when one of the jobs ends cannot be known, and a
+# few seconds is about what a job takes.
+QUOTA_RETRY_AFTER_S = 5
 
 
 def async_redis() -> aioredis.Redis:
@@ -32,6 +58,13 @@ def async_redis() -> aioredis.Redis:
     return _async_redis
 
 
+def idempotency_keys() -> IdempotencyKeys:
+    global _idempotency_keys
+    if _idempotency_keys is None:
+        _idempotency_keys = IdempotencyKeys(async_redis(), get_settings().idempotency_ttl_s)
+    return _idempotency_keys
+
+
 def submit_job(
     capability: str,
     options: dict[str, Any],
@@ -39,9 +72,15 @@ def submit_job(
     uploads: dict[str, bytes],
     store: JobStore,
     artifacts: ArtifactStore,
+    owner: str = OPEN_OWNER,
+    max_active: int = 0,
+    job_id: str | None = None,
 ) -> Job:
-    """Record the job, store its inputs, then enqueue it; the job exists before its message."""
-    job = store.create(capability, options)
+    """Record the job, store its inputs, then enqueue it; the job exists before its message.
+
+    :class:`QuotaExceeded` when ``owner`` already has ``max_active`` jobs that have not ended.
+    """
+    job = store.create(capability, options, job_id, owner=owner, max_active=max_active)
     for name, data in uploads.items():
         artifacts.put(job.id, name, data)
     try:
@@ -53,6 +92,7 @@ def submit_job(
         raise ApiError(
             503, "the job queue is unavailable right now; retry shortly", {"Retry-After": "5"}
         ) from exc
+    JOBS_SUBMITTED.labels(capability=capability).inc()
     return job
 
 
@@ -86,8 +126,9 @@ def job_info(request: Request, job: Job) -> JobInfo:
     links = {"self": str(request.url_for("get_job", job_id=job.id))}
     if job.status is JobStatus.succeeded:
         links["result"] = str(request.url_for("get_job_result", job_id=job.id))
-    # Every field of the job record but its options (the request, not its state).
-    record = {k: v for k, v in asdict(job).items() if k != "options"}
+    # Every field of the job record but its options (the request, not its state) and its owner
+    # (only ever shown to that owner).
+    record = {k: v for k, v in asdict(job).items() if k not in ("options", "owner")}
     return JobInfo(**record, links=links)
 
 
@@ -102,19 +143,107 @@ async def accept_job(
 ) -> JSONResponse | JobInfo:
     """Submit a job and answer as every capability's route does: 200 with the result when the
     job ends within ``wait_s`` (capped by ``max_wait_s``), else 202 with the job and its
-    Location."""
-    job = await run_in_threadpool(
-        submit_job,
-        capability,
-        options,
-        uploads=uploads,
-        store=job_store(),
-        artifacts=artifact_store(),
-    )
-    location = str(request.url_for("get_job", job_id=job.id))
+    Location. 429 with Retry-After when the caller is over its submission rate or has its
+    most concurrent jobs. With an ``Idempotency-Key`` a repeat of the request answers with the
+    job of its first try (and ``Idempotent-Replayed: true``) instead of creating one."""
+    principal = current_principal(request)
+    key = idempotency_key(request)
+    submission = _Submission(principal, capability, options, uploads)
+    if key is None:
+        await run_in_threadpool(_check_rate, principal)
+        job, replayed = await submission.submit(new_job_id()), False
+    else:
+        job, replayed = await _submit_once(submission, key)
+    headers = {"Location": str(request.url_for("get_job", job_id=job.id))}
+    if replayed:
+        headers[REPLAYED_HEADER] = "true"
     if wait_s > 0:
         finished = await wait_for_job(job.id, min(wait_s, get_settings().max_wait_s))
         if finished is not None:
-            return JSONResponse(finished, status_code=200, headers={"Location": location})
-    response.headers["Location"] = location
+            return JSONResponse(finished, status_code=200, headers=headers)
+    response.headers.update(headers)
     return job_info(request, await run_in_threadpool(job_store().get, job.id))
+
+
+@dataclass
+class _Submission:
+    principal: Principal
+    capability: str
+    options: dict[str, Any]
+    uploads: dict[str, bytes]
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.capability, self.options, self.uploads)
+
+    async def submit(self, job_id: str) -> Job:
+        try:
+            return await run_in_threadpool(
+                submit_job,
+                self.capability,
+                self.options,
+                uploads=self.uploads,
+                store=job_store(),
+                artifacts=artifact_store(),
+                owner=self.principal.id,
+                max_active=self.principal.max_concurrent,
+                job_id=job_id,
+            )
+        except QuotaExceeded as exc:
+            raise ApiError(
+                429,
+                f"this API key already has {exc.limit} jobs queued or running (its "
+                "concurrent-job limit): wait for one to end (or cancel one with DELETE "
+                "/v1/jobs/ID), then retry",
+                {"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+            ) from exc
+
+
+async def _submit_once(submission: _Submission, key: str) -> tuple[Job, bool]:
+    """The job bound to ``key`` (and True), or a new one bound to it (and False)."""
+    keys = idempotency_keys()
+    principal = submission.principal
+    request_print = submission.fingerprint()
+    deadline = time.monotonic() + IDEMPOTENT_WAIT_S
+    rate_checked = False
+    while True:
+        existing = await keys.get(principal.id, key)
+        if existing is None:
+            if not rate_checked:  # a replay is not a submission: only count new ones
+                await run_in_threadpool(_check_rate, principal)
+                rate_checked = True
+            mine = Binding(new_job_id(), request_print)
+            existing = await keys.claim(principal.id, key, mine)
+            if existing is None:
+                try:
+                    job = await submission.submit(mine.job_id)
+                except BaseException:
+                    # Not bound to a job that was refused or could not be queued: a retry
+                    # with the same key must be able to submit it again.
+                    await keys.release(principal.id, key, mine)
+                    raise
+                return job, False
+        if existing.fingerprint != request_print:
+            raise mismatch()
+        try:
+            return await run_in_threadpool(job_store().get, existing.job_id), True
+        except JobNotFound:
+            pass  # its first try is creating it right now, or failed and will release the key
+        if time.monotonic() > deadline:
+            raise ApiError(
+                409,
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                {"Retry-After": "1"},
+            )
+        await asyncio.sleep(0.05)
+
+
+def _check_rate(principal: Principal) -> None:
+    try:
+        submission_limiter().hit(principal)
+    except RateLimited as exc:
+        raise ApiError(
+            429,
+            f"this API key may submit {exc.limit} jobs per minute (its rate limit); retry in "
+            f"{exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        ) from exc
