@@ -77,10 +77,10 @@ from shared.bodies.anny_model import get_anny
 from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
 from shared.bodies.smplx_convention import PARALLEL_GROUPS, SMPLX_TO_ANNY, anny_to_smplx
 from shared.fitting.fit import BodyFitter
-from shared.fitting.losses import project
+from shared.fitting.losses import person_scale, project
 from shared.inference import FitInputs, FitOutputs, PriorChoice
 from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
-from shared.lifting.lift import lift, person_scale
+from shared.lifting.lift import lift
 from shared.lifting.summary import summarise
 from shared.mocap.dataset import PoseDataset
 from shared.prior import PosePrior

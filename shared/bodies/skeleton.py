@@ -12,6 +12,7 @@ Frame: SMPL-X's (Y up, the body faces +Z at zero ``global_orient``), metres.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -109,6 +110,12 @@ class BodySkeleton:
         self.rest_joints = rest_joints - rest_joints[:, :1]
         # Bone vectors from each joint's parent, in the rest pose.
         self._offsets = self.rest_joints - self.rest_joints[:, _PARENT]
+
+    @classmethod
+    @lru_cache(maxsize=1)
+    def neutral(cls) -> BodySkeleton:
+        """The neutral body's skeleton, built once per process (treat it as read-only)."""
+        return cls.for_phenotype(None)
 
     @classmethod
     def for_phenotype(cls, phenotype: torch.Tensor | None = None) -> BodySkeleton:

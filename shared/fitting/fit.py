@@ -36,7 +36,14 @@ import torch
 from shared.bodies.anny_model import FIT_KEYPOINTS, AnnyBody, get_anny
 from shared.bodies.base import ANNY_TO_CAMERA
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, SMPLX_TO_ANNY
-from shared.fitting.losses import JointLimits, PosePriorTerm, project, reprojection_loss
+from shared.fitting.losses import (
+    JointLimits,
+    PosePriorTerm,
+    person_scale,
+    project,
+    reprojection_loss,
+    weighted_centre,
+)
 from shared.inference import PRIOR_CHOICES, FitInputs, FitOutputs, PriorChoice
 
 if TYPE_CHECKING:
@@ -190,7 +197,7 @@ class BodyFitter:
         turn = roma.rotvec_to_rotmat(torch.stack([0 * yaw, 0 * yaw, yaw], -1))
         rotation0 = roma.rotmat_to_rotvec(self._anny_to_camera @ turn)
         depth0 = self._initial_depth(target, camera)
-        centre = _weighted_centre(rigid_target)
+        centre = weighted_centre(rigid_target)
         xy0 = (centre - cam[:, 2:]) / cam[:, :2] * depth0.repeat_interleave(headings, 0)[:, None]
 
         rotvec = rotation0.clone().requires_grad_(True)
@@ -254,7 +261,7 @@ class BodyFitter:
         target = self._targets(inputs)
         camera = torch.as_tensor(inputs.camera, dtype=torch.float32)
         people = target.shape[0]
-        scale = _person_scale(target)
+        scale = person_scale(target)
 
         global_rotvec, transl0 = self._rigid_start(target, camera, scale)
 
@@ -369,20 +376,6 @@ class BodyFitter:
 def _depth_tilt(root_rotvec: torch.Tensor) -> torch.Tensor:
     """(B,) squared depth component of the body's up axis (Anny's +Z) in the camera frame."""
     return roma.rotvec_to_rotmat(root_rotvec)[:, 2, 2].square()
-
-
-def _weighted_centre(target: torch.Tensor) -> torch.Tensor:
-    w = target[..., 2:3]
-    return (target[..., :2] * w).sum(1) / w.sum(1).clamp(min=1e-6)
-
-
-def _person_scale(target: torch.Tensor) -> torch.Tensor:
-    """Each person's size in pixels: the diagonal of their confident keypoints' box."""
-    xy, conf = target[..., :2], target[..., 2:3] > 0
-    big = torch.full_like(xy, 1e9)
-    low = torch.where(conf, xy, big).min(1).values
-    high = torch.where(conf, xy, -big).max(1).values
-    return (high - low).norm(dim=-1).clamp(min=16.0)
 
 
 def _reprojection_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,22 @@ def project(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
     return xy * camera[:, None, :2] + camera[:, None, 2:]
 
 
+def person_scale(target: torch.Tensor) -> torch.Tensor:
+    """(..., K, 3) keypoints -> (...,) the diagonal of the confident keypoints' box, pixels:
+    each person's size in the image, which normalises reprojection residuals."""
+    xy, confident = target[..., :2], target[..., 2:3] > 0
+    big = torch.full_like(xy, 1e9)
+    low = torch.where(confident, xy, big).min(-2).values
+    high = torch.where(confident, xy, -big).max(-2).values
+    return (high - low).norm(dim=-1).clamp(min=16.0)
+
+
+def weighted_centre(target: torch.Tensor) -> torch.Tensor:
+    """(..., K, 3) keypoints -> (..., 2) their confidence-weighted centre, pixels."""
+    weight = target[..., 2:3]
+    return (target[..., :2] * weight).sum(-2) / weight.sum(-2).clamp(min=1e-6)
+
+
 def geman_mcclure(squared: torch.Tensor, sigma: float) -> torch.Tensor:
     """Robust penalty of a squared residual: quadratic near 0, saturating at 1 for outliers."""
     return squared / (squared + sigma**2)

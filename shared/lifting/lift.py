@@ -46,7 +46,7 @@ from torch import Tensor
 
 from shared.bodies.limits import limit_penalty
 from shared.bodies.skeleton import rodrigues
-from shared.fitting.losses import geman_mcclure, project
+from shared.fitting.losses import geman_mcclure, person_scale, project, weighted_centre
 from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
 from shared.prior.model import PosePrior
 from shared.prior.sampling import _Stepper, row_noise, time_grid
@@ -115,15 +115,6 @@ def hypothesis_seeds(seed: int, hypotheses: int) -> list[int]:
     """Independent per-hypothesis seeds derived from one request seed."""
     state = np.random.SeedSequence(int(seed)).generate_state(hypotheses, dtype=np.uint64)
     return [int(s) % 2**63 for s in state]
-
-
-def person_scale(target: Tensor) -> Tensor:
-    """(..., K, 3) keypoints -> (...,) the diagonal of the confident keypoints' box, pixels."""
-    xy, confident = target[..., :2], target[..., 2:3] > 0
-    big = torch.full_like(xy, 1e9)
-    low = torch.where(confident, xy, big).min(-2).values
-    high = torch.where(confident, xy, -big).max(-2).values
-    return (high - low).norm(dim=-1).clamp(min=16.0)
 
 
 class _Energy:
@@ -201,8 +192,7 @@ def _rigid_start(
     turn = roma.rotvec_to_rotmat(torch.stack([0 * yaw, yaw, 0 * yaw], -1))
     orient0 = roma.rotmat_to_rotvec(_FACING_CAMERA @ turn)
     depth0 = _initial_depth(skeleton, mean_pose, target, camera).repeat_interleave(headings, 0)
-    xy, w = target[..., :2], target[..., 2:3]
-    centre = ((xy * w).sum(1) / w.sum(1).clamp(min=1e-6)).repeat_interleave(headings, 0)
+    centre = weighted_centre(target).repeat_interleave(headings, 0)
     xy0 = (centre - cam[:, 2:]) / cam[:, :2] * depth0[:, None]
 
     with torch.no_grad():

@@ -498,7 +498,7 @@ def write_bvh(
     if rest_joints is None:
         from shared.bodies.skeleton import BodySkeleton
 
-        rest_joints = BodySkeleton.for_phenotype().rest_joints
+        rest_joints = BodySkeleton.neutral().rest_joints
     rest = _as_numpy(rest_joints).reshape(-1, 22, 3)[0]
     per_unit = 1.0 / UNITS[unit]
 

@@ -540,7 +540,7 @@ def _build(
     )
     if not files:
         raise ValueError(f"no .bvh or .npz files under {data_dir}")
-    skeleton = skeleton or BodySkeleton.for_phenotype()
+    skeleton = skeleton or BodySkeleton.neutral()
     skeleton = skeleton.to(torch.float64)
     retargeter = Retargeter(skeleton)
     manifest = _manifest(data_dir)

@@ -470,7 +470,7 @@ class Retargeter:
         if skeleton is None:
             from shared.bodies.skeleton import BodySkeleton
 
-            skeleton = BodySkeleton.for_phenotype()
+            skeleton = BodySkeleton.neutral()
         self.skeleton = skeleton
         self.rest = skeleton.rest_joints[0].detach().double().cpu().numpy()  # (22, 3)
         self.scale_to_body = scale_to_body

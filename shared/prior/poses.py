@@ -139,7 +139,7 @@ def skeleton_joints(
     pose = _as_tensor(body_pose, (21, 3), "body_pose")
     batch = pose.shape[0]
     orient = torch.zeros(batch, 3) if global_orient is None else torch.as_tensor(global_orient)
-    skeleton = BodySkeleton.for_phenotype()
+    skeleton = BodySkeleton.neutral()
     pelvis = _pelvis_rest().expand(batch, 3)
     with torch.no_grad():
         return skeleton(orient.float(), pose, pelvis).numpy()

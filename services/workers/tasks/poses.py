@@ -8,10 +8,16 @@ and ``motion_denoise`` when ``BODYSERVE_TRITON_URL`` is set) for the heavy part.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from celery import Task
+from pydantic import BaseModel
 
 from services.workers.tasks.common import JobContext, JobOutput, backend, job_task, run_job
+from shared.inference import InferenceBackend
 from shared.pipeline import poses
+from shared.pipeline.poses import PoseJobOutput
 from shared.schemas import (
     MotionDenoiseRequest,
     PoseCompleteRequest,
@@ -40,25 +46,19 @@ def motion_denoising(self: Task, job_id: str) -> str:
     return run_job(self, job_id, denoise)
 
 
-def generate(job: JobContext) -> JobOutput:
-    request = PoseGenerateRequest.model_validate(job.options)
-    output = poses.generate_poses(request, backend(), job.progress)
-    return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
+def _pose_job(
+    schema: type[BaseModel], run: Callable[[Any, InferenceBackend, Any], PoseJobOutput]
+) -> Callable[[JobContext], JobOutput]:
+    """The job body of one pose capability: validate the options, run the pipeline."""
+
+    def body(job: JobContext) -> JobOutput:
+        output = run(schema.model_validate(job.options), backend(), job.progress)
+        return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
+
+    return body
 
 
-def complete(job: JobContext) -> JobOutput:
-    request = PoseCompleteRequest.model_validate(job.options)
-    output = poses.complete_pose(request, backend(), job.progress)
-    return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
-
-
-def lift(job: JobContext) -> JobOutput:
-    request = PoseLiftRequest.model_validate(job.options)
-    output = poses.lift_poses(request, backend(), job.progress)
-    return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
-
-
-def denoise(job: JobContext) -> JobOutput:
-    request = MotionDenoiseRequest.model_validate(job.options)
-    output = poses.denoise_motion(request, backend(), job.progress)
-    return JobOutput(output.result.model_dump(mode="json"), output.artifacts)
+generate = _pose_job(PoseGenerateRequest, poses.generate_poses)
+complete = _pose_job(PoseCompleteRequest, poses.complete_pose)
+lift = _pose_job(PoseLiftRequest, poses.lift_poses)
+denoise = _pose_job(MotionDenoiseRequest, poses.denoise_motion)
