@@ -28,7 +28,7 @@ fi
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".[triton,smplx,dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[triton,smplx,diffusion,dev]"
   touch "$stamp"
 fi
 "$VENV/bin/bodyserve" setup

@@ -23,13 +23,17 @@ console = Console()
 
 
 def _mount_subapps() -> None:
+    from services.cli_dataset import dataset_app
     from services.cli_stack import stack_app, triton_app
     from services.trainer.cli import train_app
 
     app.add_typer(stack_app, name="stack", help="Start, stop or inspect the local stack.")
     app.add_typer(triton_app, name="triton", help="Run Triton with bodyserve's models.")
     app.add_typer(train_app, name="train", help="Train models (pose prior) and publish them.")
-    app.add_typer(keys_app, name="keys", help="Issue, list and revoke API keys.")
+    app.add_typer(dataset_app, name="dataset", help="Make synthetic datasets in-process.")
+    app.add_typer(
+        keys_app, name="keys", help="Issue, list and revoke API keys; set their webhooks."
+    )
 
 
 _mount_subapps()
@@ -64,13 +68,39 @@ def keys_create(
             "Default: BODYSERVE_KEY_MAX_CONCURRENT at each request.",
         ),
     ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            help="POST a signed event here when each of the key's jobs ends (http or https); "
+            "prints the signing secret once."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the key (and webhook secret) as JSON on stdout."),
+    ] = False,
 ) -> None:
     """Issue a key and print it once (only its hash is stored)."""
     from services.common.keys import key_store
+    from services.common.webhooks import check_webhook_url
 
-    key, token = key_store().create(
-        name, rate_per_minute=rate_per_minute, max_concurrent=max_concurrent
-    )
+    if webhook_url is not None:
+        try:
+            check_webhook_url(webhook_url)  # before the key exists: no key with a bad URL
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--webhook-url") from None
+    store = key_store()
+    key, token = store.create(name, rate_per_minute=rate_per_minute, max_concurrent=max_concurrent)
+    secret = None
+    if webhook_url is not None:
+        key, secret = store.set_webhook(key.id, webhook_url)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {**key.__dict__, "key": token, "webhook_secret": secret}, indent=2, default=str
+            )
+        )
+        return
     settings = get_settings()
     # The token alone on stdout (KEY=$(bodyserve keys create ci)); the rest on stderr.
     err = Console(stderr=True)
@@ -79,7 +109,55 @@ def keys_create(
         f"submissions/min, {_limit(key.max_concurrent, settings.key_max_concurrent)} concurrent "
         "jobs. Store it now: it is not shown again. Use: Authorization: Bearer <key>"
     )
+    if secret is not None:
+        err.print(_webhook_secret_message(key.webhook_url, secret), soft_wrap=True)
     typer.echo(token)
+
+
+def _webhook_secret_message(url: str | None, secret: str) -> str:
+    return (
+        f"webhook: {url}, signed with {secret} (its secret: store it with the receiver "
+        'now, it is not shown again; README "Webhooks" shows how to verify)'
+    )
+
+
+@keys_app.command("webhook")
+def keys_webhook(
+    key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")],
+    url: Annotated[
+        str | None, typer.Argument(help="Where to POST its jobs' events (http or https).")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Send no more events.")] = False,
+    rotate_secret: Annotated[
+        bool, typer.Option("--rotate-secret", help="Replace the signing secret (printed once).")
+    ] = False,
+) -> None:
+    """Set, change or clear where a key's job events go.
+
+    A new signing secret is printed once when the key had none (or with --rotate-secret);
+    changing the URL keeps the secret."""
+    from services.common.keys import KeyNotFound, key_store
+
+    if clear == (url is not None):
+        raise typer.BadParameter("give either a URL or --clear", param_hint="URL")
+    store = key_store()
+    try:
+        if url is None:
+            key = store.clear_webhook(key_id)
+            console.print(f"key {key.id} ({key.name}): no webhook (queued events are skipped)")
+            return
+        key, secret = store.set_webhook(key_id, url, rotate_secret=rotate_secret)
+    except KeyNotFound:
+        console.print(f"[red]no API key with id {key_id!r} (see `bodyserve keys list`)")
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="URL") from None
+    if secret is None:
+        console.print(f"key {key.id} ({key.name}): webhook {key.webhook_url}, same secret")
+    else:
+        # The secret alone on stdout (SECRET=$(bodyserve keys webhook ID URL)).
+        Console(stderr=True).print(_webhook_secret_message(key.webhook_url, secret))
+        typer.echo(secret)
 
 
 @keys_app.command("list")
@@ -95,7 +173,8 @@ def keys_list(
         return
     settings = get_settings()
     table = Table(title=f"{len(keys)} API keys", title_justify="left")
-    for column in ("id", "name", "created", "state", "submissions/min", "concurrent jobs"):
+    columns = ("id", "name", "created", "state", "submissions/min", "concurrent jobs", "webhook")
+    for column in columns:
         table.add_column(column)
     for key in keys:
         table.add_row(
@@ -105,6 +184,7 @@ def keys_list(
             "revoked" if key.revoked else "active",
             _limit(key.rate_per_minute, settings.key_rate_per_minute),
             _limit(key.max_concurrent, settings.key_max_concurrent),
+            key.webhook_url or "-",
         )
     console.print(table)
 
@@ -120,6 +200,51 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys l
         console.print(f"[red]no API key with id {key_id!r} (see `bodyserve keys list`)")
         raise typer.Exit(1) from None
     console.print(f"revoked key {key.id} ({key.name})")
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@app.command()
+def cleanup(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")
+    ] = False,
+    grace_s: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Keep folders younger than this. Default: BODYSERVE_CLEANUP_GRACE_S."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Delete the artifacts (uploads, outputs) of jobs whose record has expired or was
+    deleted, in BODYSERVE_ARTIFACT_DIR; the workers also do it every
+    BODYSERVE_CLEANUP_INTERVAL_S."""
+    from services.common.retention import cleanup as run_cleanup
+    from services.common.stores import artifact_store, job_store
+
+    settings = get_settings()
+    grace = settings.cleanup_grace_s if grace_s is None else grace_s
+    report = run_cleanup(job_store(), artifact_store(), grace, dry_run=dry_run)
+    if as_json:
+        data = {
+            "dry_run": dry_run,
+            "deleted": [folder.__dict__ for folder in report.deleted],
+            "deleted_bytes": report.deleted_bytes,
+            "kept_with_record": report.kept_with_record,
+            "kept_too_new": report.kept_too_new,
+        }
+        typer.echo(json.dumps(data, indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for folder in report.deleted:
+        typer.echo(f"{verb} {folder.job_id}  {folder.bytes} bytes, {folder.age_s / 3600:.1f} h old")
+    typer.echo(
+        f"{verb} {len(report.deleted)} folders ({report.deleted_bytes} bytes) in "
+        f"{settings.artifacts_path}; kept {report.kept_with_record} with a job record and "
+        f"{report.kept_too_new} younger than {grace} s"
+    )
 
 
 # --------------------------------------------------------------------------- pipeline

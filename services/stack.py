@@ -7,8 +7,9 @@ find what ``up`` started. Every component gets the same environment (``BODYSERVE
 ``BODYSERVE_TRITON_URL``, ``BODYSERVE_VAR_DIR``, ...), in open mode (``BODYSERVE_AUTH_MODE=open``:
 no API keys) unless the environment sets ``BODYSERVE_AUTH_MODE``.
 
-- ``redis``: ``redis-server`` on its own port (6390) with ``--dir <var_dir>/redis``; only when
-  no Redis URL is given (``BODYSERVE_REDIS_URL`` in the environment, or ``redis_url``).
+- ``redis``: ``redis-server`` on its own port (6390) with ``--dir <var_dir>/redis`` and AOF
+  persistence (fsync every second), as in the containers; only when no Redis URL is given
+  (``BODYSERVE_REDIS_URL`` in the environment, or ``redis_url``).
 - ``triton``: ``tritonserver`` as built by :mod:`services.triton_server` (python backend, CPU).
 - ``worker-<queue>``: one Celery worker per queue (``-c 1``, prefetch 1).
 - ``gateway``: ``uvicorn services.gateway.app:app``.
@@ -18,12 +19,18 @@ each component to be ready: Redis answers PING, Triton reports every model ready
 answers a Celery ping, the gateway's ``GET /readyz`` returns 200. ``down()`` sends SIGTERM,
 then SIGKILL to the whole process group after a grace period.
 
+Any single component can be stopped and started again on the same ports and directories
+(fault-tolerance tests): ``stop(name)`` sends SIGTERM to its main process only, as Docker and
+Kubernetes do; ``kill(name)`` sends SIGKILL to its whole process group, as a crash would.
+
 Usage::
 
     stack = LocalStack(StackConfig.from_env())
     stack.up()
     stack.kill_worker("mesh_recovery")   # kill -9, as a crash would
     stack.start_worker("mesh_recovery")
+    stack.restart("redis", down_s=2)     # SIGTERM, 2 s down, start again (its AOF reloads)
+    stack.stop("triton"); stack.start("triton")
     stack.down()
 """
 
@@ -56,7 +63,7 @@ from services.triton_server import (
 from shared.settings import REPO_ROOT, get_settings
 
 DEFAULT_REDIS_PORT = 6390
-DEFAULT_QUEUES: tuple[str, ...] = ("mesh_recovery", "poses")
+DEFAULT_QUEUES: tuple[str, ...] = ("mesh_recovery", "poses", "datasets")
 ALL_COMPONENTS: tuple[str, ...] = ("redis", "triton", "workers", "gateway")
 CELERY_APP = "services.workers.celery_app:app"
 COMPUTE_NICENESS = 10
@@ -410,7 +417,10 @@ class LocalStack:
                 "--dir", str(redis_dir),
                 "--daemonize", "no",
                 "--protected-mode", "yes",
-                "--appendonly", "no",
+                # As docker-compose.yml and deploy/kubernetes/redis.yaml: queued jobs and job
+                # states survive a restart (and a crash, but for the last second of writes).
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
             ]  # fmt: skip
             return argv, env
         if name == "triton":
@@ -433,7 +443,8 @@ class LocalStack:
                 sys.executable, "-m", "celery",
                 "-A", CELERY_APP,
                 "worker",
-                "-Q", queue,
+                # Its queue and the webhooks queue every worker serves (celery_app).
+                "-Q", ",".join(dict.fromkeys([queue, "webhooks"])),
                 "-c", "1",
                 "--prefetch-multiplier", "1",
                 "-n", f"{queue}@%h",
@@ -526,7 +537,10 @@ class LocalStack:
             if name == "gateway":
                 import httpx
 
-                return httpx.get(f"{self.base_url}/readyz", timeout=timeout_s).status_code == 200
+                # /readyz wants a worker; a stack without workers (a gateway on its own, for
+                # API tests) is ready when the gateway answers.
+                probe = "/readyz" if "workers" in self.config.components else "/healthz"
+                return httpx.get(f"{self.base_url}{probe}", timeout=timeout_s).status_code == 200
         except Exception:
             return False
         return False
@@ -601,9 +615,13 @@ class LocalStack:
         return list(report.values())
 
     def stop(self, name: str, grace_s: float | None = None, sig: int = signal.SIGTERM) -> bool:
-        """Stop ``name``: ``sig`` to its leader, SIGKILL to its group after ``grace_s``.
+        """Stop ``name`` and wait until every process of its group has exited.
 
-        Returns True when something was running.
+        ``sig`` SIGTERM (or any signal but SIGKILL) goes to the main process only, as Docker
+        and Kubernetes deliver it to a container's PID 1 (a Celery worker starts its warm
+        shutdown, its pool processes go on with their job); whatever is left after
+        ``grace_s`` is killed with SIGKILL, group and all. ``sig`` SIGKILL kills the whole
+        group at once, as a crash would. Returns True when something was running.
         """
         grace_s = self.config.grace_s if grace_s is None else grace_s
         pid = self.pid(name)
@@ -676,37 +694,69 @@ class LocalStack:
             )
         return report
 
-    # --- workers (fault-tolerance tests) -------------------------------------------------
+    # --- single components (fault-tolerance tests) ---------------------------------------
+
+    def start(self, name: str, wait: bool = True, timeout_s: float | None = None) -> int:
+        """Start component ``name`` (if it is not running) on its ports and directories, as
+        ``up()`` would, and wait until it is ready. Returns its pid."""
+        if name.startswith("worker-"):
+            queue = name.removeprefix("worker-")
+            if queue not in self.config.queues:
+                self.config.queues.append(queue)
+        elif name not in self.config.component_names():
+            raise StackError(f"{name} is not a component of this stack")
+        pid = self.pid(name)
+        if pid is None:
+            pid = self._start(name).pid
+        if wait:
+            self.wait_ready(name, timeout_s)
+        return pid
+
+    def kill(self, name: str) -> int | None:
+        """``kill -9`` component ``name`` and every process of its group, as a crash would.
+
+        Returns the pid that was killed (None when it was not running).
+        """
+        pid = self.pid(name)
+        self.stop(name, grace_s=5.0, sig=signal.SIGKILL)
+        return pid
+
+    def restart(
+        self,
+        name: str,
+        *,
+        hard: bool = False,
+        grace_s: float | None = None,
+        down_s: float = 0.0,
+        wait: bool = True,
+    ) -> int:
+        """Stop ``name`` (``hard``: SIGKILL to its group; else SIGTERM to its main process and
+        ``grace_s`` to exit), leave it down ``down_s`` seconds, start it again on the same
+        ports and directories. Returns the new pid."""
+        if hard:
+            self.kill(name)
+        else:
+            self.stop(name, grace_s)
+        if down_s > 0:
+            time.sleep(down_s)
+        return self.start(name, wait=wait)
+
+    # --- workers ---------------------------------------------------------------------------
 
     def kill_worker(self, queue: str) -> int | None:
         """``kill -9`` the worker of ``queue`` and its pool processes, as a crash would.
 
         Returns the pid that was killed (None when it was not running).
         """
-        name = worker_name(queue)
-        pid = self.pid(name)
-        self.stop(name, grace_s=5.0, sig=signal.SIGKILL)
-        return pid
+        return self.kill(worker_name(queue))
 
     def start_worker(self, queue: str, wait: bool = True) -> int:
         """Start the worker of ``queue`` (if not running) and wait until it answers a ping."""
-        name = worker_name(queue)
-        if queue not in self.config.queues:
-            self.config.queues.append(queue)
-        pid = self.pid(name)
-        if pid is None:
-            pid = self._start(name).pid
-        if wait:
-            self.wait_ready(name)
-        return pid
+        return self.start(worker_name(queue), wait=wait)
 
     def restart_worker(self, queue: str, hard: bool = True) -> int:
         """Kill (``hard``: SIGKILL, else a clean SIGTERM) and start the worker of ``queue``."""
-        if hard:
-            self.kill_worker(queue)
-        else:
-            self.stop(worker_name(queue))
-        return self.start_worker(queue)
+        return self.restart(worker_name(queue), hard=hard)
 
 
 def _stop_order(name: str) -> int:

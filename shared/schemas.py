@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import (
@@ -47,6 +49,34 @@ CONTENT_TYPES = {
     "poses.obj": "text/plain",
     "motion.bvh": "text/plain",
 }
+# A dataset job's files besides its shards.
+DATASET_FILES = {
+    "card.json": "application/json",
+    "index.json": "application/json",
+    "contact_sheet.png": "image/png",
+}
+# Shards and their sidecars: <name>-<6 digits>.tar / .json (shared.datasets.spec.shard_name).
+_DATASET_SHARD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*-\d{6}\.(tar|json)$")
+# Image generation: per image i, image-<i>.png, its ControlNet depth-<i>.png and, when it was
+# regenerated, the first pass first-<i>.png (shared.diffusion.schemas).
+_GENERATED_IMAGE = re.compile(r"^(image|depth|first)-\d{3}\.png$")
+
+
+def artifact_content_type(capability: str, name: str) -> str | None:
+    """The content type of a job's artifact ``name``, or None when no such artifact is served
+    (uploads, for one, never are)."""
+    if capability == "dataset_generation":
+        if name in DATASET_FILES:
+            return DATASET_FILES[name]
+        match = _DATASET_SHARD.match(name)
+        if match:
+            return "application/x-tar" if match.group(1) == "tar" else "application/json"
+        return None
+    if capability == "image_generation":
+        return "image/png" if _GENERATED_IMAGE.match(name) else None
+    return CONTENT_TYPES.get(name)
+
+
 # The artifact each requested output is written to.
 ARTIFACT_OF = {
     Output.glb: "mesh.glb",
@@ -58,29 +88,80 @@ ARTIFACT_OF = {
 }
 
 
+# =========================================================================== request bounds
+#
+# Every list in a request has a most number of items and every number a range, so that no
+# request makes the server build more than its limits allow, and no number overflows the
+# float32 math it feeds (past 3.4e38). Fixed shapes (21 joints, 3 numbers, 33 keypoints) are
+# enforced by pydantic (max_length); counts that follow a server setting (frames, people,
+# samples) are checked by the validators below, whose messages name the setting, and shown in
+# the OpenAPI document with the setting's current value.
+
+MAX_ABS_RADIANS = 1_000.0  # axis-angle components: a few turns is all that makes sense
+MAX_ABS_METRES = 10_000.0  # joint and pelvis positions
+MAX_ABS_PIXELS = 1_000_000.0  # keypoint coordinates (as the intrinsics' principal point)
+MAX_NAME_LENGTH = 32  # joint and body-part names (the longest is 14 characters)
+
+Radians = Annotated[float, Field(ge=-MAX_ABS_RADIANS, le=MAX_ABS_RADIANS)]
+Metres = Annotated[float, Field(ge=-MAX_ABS_METRES, le=MAX_ABS_METRES)]
+# x, y in pixels and a confidence (checked to be in [0, 1] where the keypoints are read).
+KeypointNumber = Annotated[float, Field(ge=-MAX_ABS_PIXELS, le=MAX_ABS_PIXELS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+# Axis-angle or position triples; their exact shapes are checked by check_array.
+RadiansXYZ = Annotated[list[Radians], Field(max_length=3)]
+MetresXYZ = Annotated[list[Metres], Field(max_length=3)]
+Keypoint = Annotated[list[KeypointNumber], Field(max_length=3)]  # x, y, confidence
+# The largest keypoint format (mediapipe33); each request's format is then checked exactly.
+MAX_KEYPOINTS = 33
+Keypoints = Annotated[list[Keypoint], Field(max_length=MAX_KEYPOINTS)]
+
+
+# Mesh recovery's options (form fields, next to the image).
+MAX_PEOPLE = 16  # the most BODYSERVE_MAX_PEOPLE can allow
+MIN_ITERATIONS, MAX_ITERATIONS = 5, 500
+MAX_FOCAL_LENGTH_PX = 100_000.0
+
+
+def setting_limit(setting: str, keyword: str = "maxItems") -> Callable[[dict[str, Any]], None]:
+    """Shows the current value of ``setting`` in a field's JSON schema (``keyword``: maxItems
+    for a list, maximum for a number); the field's validator enforces it with a message that
+    names the setting."""
+
+    def show(schema: dict[str, Any]) -> None:
+        schema[keyword] = getattr(get_settings(), setting)
+
+    return show
+
+
 class MeshRecoveryOptions(BaseModel):
     """Options of one mesh-recovery request (sent as form fields next to the image)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     body_model: Literal["anny", "smplx"] = Field(
         "anny",
         description="Body model to fit. 'smplx' needs BODYSERVE_SMPLX_MODEL_PATH on the server; "
         "SMPL-X-convention parameters come with every answer either way.",
     )
-    max_people: int = Field(4, ge=1, le=16, description="Largest number of people to recover.")
+    max_people: int = Field(
+        4, ge=1, le=MAX_PEOPLE, description="Largest number of people to recover."
+    )
     outputs: list[Output] = Field(
         default_factory=lambda: list(DEFAULT_OUTPUTS),
-        description="Artifacts to produce: glb, obj, ply (meshes), overlay (PNG), npz, json.",
+        max_length=len(Output),
+        description="Artifacts to produce, each at most once: glb, obj, ply (meshes), overlay "
+        "(PNG), npz, json.",
     )
     focal_length_px: float | None = Field(
         None,
         gt=0,
-        le=100_000,
+        le=MAX_FOCAL_LENGTH_PX,
         description="Camera focal length in pixels; default: from the photo's EXIF (35 mm-"
         "equivalent focal length), else a ~50° field of view.",
     )
-    iterations: int = Field(60, ge=5, le=500, description="Fitting iterations.")
+    iterations: int = Field(
+        60, ge=MIN_ITERATIONS, le=MAX_ITERATIONS, description="Fitting iterations."
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     prior: Literal["pose_prior", "none"] | None = Field(
         None,
@@ -91,6 +172,7 @@ class MeshRecoveryOptions(BaseModel):
     hypotheses: int = Field(
         1,
         ge=1,
+        json_schema_extra=setting_limit("max_lift_hypotheses", "maximum"),
         description="3D bodies per person: 1 (default) is the deterministic fit alone; 2 up to "
         "BODYSERVE_MAX_LIFT_HYPOTHESES also samples that many bodies per person consistent with "
         "the photo (guided by the pose prior), with each joint's uncertainty, and adds "
@@ -246,6 +328,17 @@ class HypothesisSampling(BaseModel):
     frame: str = "camera (OpenCV): x right, y down, z ahead; metres"
 
 
+class WebhookDelivery(BaseModel):
+    """How the job's webhook event is being delivered (README "Webhooks")."""
+
+    status: Literal["pending", "retrying", "delivered", "failed", "skipped"]
+    event_id: str
+    attempts: int
+    last_error: str | None = None
+    last_attempt_at: float | None = None
+    next_attempt_at: float | None = None
+
+
 class JobInfo(BaseModel):
     id: str
     capability: str
@@ -258,6 +351,8 @@ class JobInfo(BaseModel):
     finished_at: float | None
     attempts: int
     links: dict[str, str]
+    # Set once the job has ended, when its API key (or open mode) has a webhook endpoint.
+    webhook: WebhookDelivery | None = None
 
 
 class ErrorBody(BaseModel):
@@ -366,7 +461,12 @@ class PoseGenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    n: int = Field(1, ge=1, description="Number of poses (at most BODYSERVE_MAX_POSE_SAMPLES).")
+    n: int = Field(
+        1,
+        ge=1,
+        json_schema_extra=setting_limit("max_pose_samples", "maximum"),
+        description="Number of poses (at most BODYSERVE_MAX_POSE_SAMPLES).",
+    )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Pose i is drawn with seed + i: same seed, same poses."
     )
@@ -378,6 +478,7 @@ class PoseGenerateRequest(BaseModel):
     )
     outputs: list[PoseOutput] = Field(
         default_factory=lambda: [PoseOutput.params],
+        max_length=len(PoseOutput),
         description="params (always returned) and optionally mesh: the posed Anny bodies as "
         "one file (mesh_format), 1 m apart along x.",
     )
@@ -403,8 +504,10 @@ class SmplxPoseInput(BaseModel):
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    body_pose: list[list[float]] = Field(description="21 x 3 axis-angle, radians.")
-    global_orient: list[float] | None = Field(None, description="3 axis-angle; default zero.")
+    body_pose: list[RadiansXYZ] = Field(
+        max_length=len(BODY_POSE_JOINTS), description="21 x 3 axis-angle, radians."
+    )
+    global_orient: RadiansXYZ | None = Field(None, description="3 axis-angle; default zero.")
 
     @field_validator("body_pose")
     @classmethod
@@ -430,22 +533,35 @@ class PoseCompleteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    body_pose: list[list[float]] | None = Field(
-        None, description="21 x 3 axis-angle (radians), SMPL-X body joint order."
+    body_pose: list[RadiansXYZ] | None = Field(
+        None,
+        max_length=len(BODY_POSE_JOINTS),
+        description="21 x 3 axis-angle (radians), SMPL-X body joint order.",
     )
     smplx: SmplxPoseInput | None = Field(
         None, description="Or SMPL-X parameters (e.g. a mesh-recovery person's smplx)."
     )
-    known_joints: list[str] | None = Field(
-        None, description=f"Joints that are KNOWN (kept): any of {', '.join(BODY_POSE_JOINTS)}."
+    known_joints: list[Name] | None = Field(
+        None,
+        max_length=len(BODY_POSE_JOINTS),
+        description=f"Joints that are KNOWN (kept): any of {', '.join(BODY_POSE_JOINTS)}.",
     )
-    hidden_parts: list[str] | None = Field(
-        None, description=f"Parts that are HIDDEN (filled in): any of {', '.join(BODY_PARTS)}."
+    hidden_parts: list[Name] | None = Field(
+        None,
+        max_length=len(BODY_PARTS),
+        description=f"Parts that are HIDDEN (filled in): any of {', '.join(BODY_PARTS)}.",
     )
-    k: int = Field(10, ge=1, description="Hypotheses (at most BODYSERVE_MAX_POSE_SAMPLES).")
+    k: int = Field(
+        10,
+        ge=1,
+        json_schema_extra=setting_limit("max_pose_samples", "maximum"),
+        description="Hypotheses (at most BODYSERVE_MAX_POSE_SAMPLES).",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Hypothesis i is drawn with seed + i.")
     steps: int = Field(DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS)
-    outputs: list[PoseOutput] = Field(default_factory=lambda: [PoseOutput.params])
+    outputs: list[PoseOutput] = Field(
+        default_factory=lambda: [PoseOutput.params], max_length=len(PoseOutput)
+    )
     mesh_format: Literal["glb", "obj"] = "glb"
 
     @field_validator("body_pose")
@@ -529,10 +645,18 @@ class MotionPosesInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    global_orient: list[list[float]] = Field(description="T x 3 axis-angle, radians.")
-    body_pose: list[list[list[float]]] = Field(description="T x 21 x 3 axis-angle, radians.")
-    pelvis: list[list[float]] | None = Field(
-        None, description="T x 3 pelvis positions in metres; default: standing still at 0."
+    global_orient: list[RadiansXYZ] = Field(
+        json_schema_extra=setting_limit("max_motion_frames"),
+        description="T x 3 axis-angle, radians.",
+    )
+    body_pose: list[Annotated[list[RadiansXYZ], Field(max_length=len(BODY_POSE_JOINTS))]] = Field(
+        json_schema_extra=setting_limit("max_motion_frames"),
+        description="T x 21 x 3 axis-angle, radians.",
+    )
+    pelvis: list[MetresXYZ] | None = Field(
+        None,
+        json_schema_extra=setting_limit("max_motion_frames"),
+        description="T x 3 pelvis positions in metres; default: standing still at 0.",
     )
 
     @model_validator(mode="after")
@@ -554,8 +678,10 @@ class MotionDenoiseRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    joints: list[list[list[float]]] | None = Field(
-        None, description=f"T x 22 x 3 metres, joint order: {', '.join(SKELETON_JOINTS)}."
+    joints: list[Annotated[list[MetresXYZ], Field(max_length=len(SKELETON_JOINTS))]] | None = Field(
+        None,
+        json_schema_extra=setting_limit("max_motion_frames"),
+        description=f"T x 22 x 3 metres, joint order: {', '.join(SKELETON_JOINTS)}.",
     )
     poses: MotionPosesInput | None = None
     fps: float = Field(30.0, gt=0, le=1000, description="Frames per second of the motion.")
@@ -696,24 +822,39 @@ class PoseLiftRequest(BaseModel):
         description="Keypoint format: coco17 (17), coco17_feet (23: COCO-WholeBody's feet "
         "too) or mediapipe33 (33, BlazePose)."
     )
-    people: list[list[list[float]]] | None = Field(
-        None, description="P people x K keypoints x [x, y, confidence], pixels."
+    people: list[Keypoints] | None = Field(
+        None,
+        json_schema_extra=setting_limit("max_lift_rows"),
+        description="P people x K keypoints x [x, y, confidence], pixels (P x hypotheses at "
+        "most BODYSERVE_MAX_LIFT_ROWS).",
     )
-    tracks: list[list[list[list[float]]]] | None = Field(
-        None, description="Tracks x T frames x K keypoints x [x, y, confidence], pixels."
+    tracks: (
+        list[
+            Annotated[list[Keypoints], Field(json_schema_extra=setting_limit("max_motion_frames"))]
+        ]
+        | None
+    ) = Field(
+        None,
+        json_schema_extra=setting_limit("max_lift_rows"),
+        description="Tracks x T frames x K keypoints x [x, y, confidence], pixels (T at most "
+        "BODYSERVE_MAX_MOTION_FRAMES; all frames x hypotheses at most BODYSERVE_MAX_LIFT_ROWS).",
     )
     image_size: ImageSize = Field(description="Sets the default camera (a ~50° field of view).")
     intrinsics: Intrinsics | None = Field(
         None, description="Camera intrinsics in pixels; default from image_size."
     )
     hypotheses: int = Field(
-        10, ge=1, description="N per person or frame (at most BODYSERVE_MAX_LIFT_HYPOTHESES)."
+        10,
+        ge=1,
+        json_schema_extra=setting_limit("max_lift_hypotheses", "maximum"),
+        description="N per person or frame (at most BODYSERVE_MAX_LIFT_HYPOTHESES).",
     )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Person (or track) i is lifted with seed + i."
     )
     outputs: list[PoseOutput] = Field(
         default_factory=lambda: [PoseOutput.params],
+        max_length=len(PoseOutput),
         description="params (always returned) and optionally mesh: the lifted Anny bodies in "
         "the camera frame as one file (mesh_format), of mesh_hypotheses.",
     )
@@ -752,30 +893,21 @@ class PoseLiftRequest(BaseModel):
         settings = get_settings()
         names = FORMATS[self.format]
         what = f"{len(names)} {self.format} keypoints x [x, y, confidence]"
-        if self.people is not None:
-            if not self.people:
-                raise _invalid("empty", "people is empty: send at least one person")
-            for i, person in enumerate(self.people):
-                _check_keypoints(
-                    check_array(person, (len(names), 3), f"people[{i}]", what), f"people[{i}]"
-                )
-        else:
-            assert self.tracks is not None
-            if not self.tracks:
-                raise _invalid("empty", "tracks is empty: send at least one track")
-            for i, track in enumerate(self.tracks):
-                name = f"tracks[{i}]"
-                if not track:
-                    raise _invalid("empty", f"{name} has no frames; send at least one")
-                _check_count(
-                    len(track),
-                    settings.max_motion_frames,
-                    f"{name}: T (frames)",
-                    "max_motion_frames",
-                )
-                frames = check_array(track, (None, len(names), 3), name, f"T frames x {what}")
-                for t, frame in enumerate(frames):
-                    _check_keypoints(frame, f"{name} frame {t}")
+        if self.people is not None and not self.people:
+            raise _invalid("empty", "people is empty: send at least one person")
+        if self.tracks is not None and not self.tracks:
+            raise _invalid("empty", "tracks is empty: send at least one track")
+        for i, track in enumerate(self.tracks or []):
+            if not track:
+                raise _invalid("empty", f"tracks[{i}] has no frames; send at least one")
+            _check_count(
+                len(track),
+                settings.max_motion_frames,
+                f"tracks[{i}]: T (frames)",
+                "max_motion_frames",
+            )
+        # The counts first, the keypoints after: a request over the limits costs no more than
+        # counting its rows.
         rows = self.row_count()
         _check_count(
             rows * self.hypotheses,
@@ -784,6 +916,15 @@ class PoseLiftRequest(BaseModel):
             f"({rows} x {self.hypotheses})",
             "max_lift_rows",
         )
+        for i, person in enumerate(self.people or []):
+            _check_keypoints(
+                check_array(person, (len(names), 3), f"people[{i}]", what), f"people[{i}]"
+            )
+        for i, track in enumerate(self.tracks or []):
+            name = f"tracks[{i}]"
+            frames = check_array(track, (None, len(names), 3), name, f"T frames x {what}")
+            for t, frame in enumerate(frames):
+                _check_keypoints(frame, f"{name} frame {t}")
         if PoseOutput.mesh in self.outputs:
             bodies = rows * (self.hypotheses if self.mesh_hypotheses == "all" else 1)
             if bodies > MAX_LIFT_MESH_BODIES:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +80,27 @@ class Settings(BaseSettings):
     job_soft_time_limit_s: int = 120
     job_hard_time_limit_s: int = 180
     job_max_retries: int = 3
+    job_retry_backoff_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Wait before a job's 1st retry after a transient error (model server or "
+        "Redis unavailable); doubles per retry, with jitter (half to all of it).",
+    )
+    job_retry_backoff_max_s: float = Field(
+        default=60.0, gt=0, description="Longest wait between two retries of a job."
+    )
+    worker_redis_outage_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a worker retries a Redis command (backoff up to 2 s) before its "
+        "job counts the error as transient: a running job rides out a Redis restart.",
+    )
+    job_orphan_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A job queued or running this long with no message anywhere (lost with a "
+        "Redis host crash, or never sent) and no worker holding it is queued again.",
+    )
     max_wait_s: float = 60.0
     idempotency_ttl_s: int = Field(
         default=24 * 3600,
@@ -87,8 +108,63 @@ class Settings(BaseSettings):
         description="How long an Idempotency-Key stays bound to the job its request created.",
     )
 
+    # --- webhooks and retention (README "Webhooks", "Retention") --------------------------
+    public_url: HttpUrl | None = Field(
+        default=None,
+        description="The gateway's address as clients reach it, for the links in webhook "
+        "events; defaults to http://<gateway_host>:<gateway_port>.",
+    )
+    webhook_url: HttpUrl | None = Field(
+        default=None,
+        description="Open mode only: where job events are POSTed (API keys have their own, "
+        "`bodyserve keys webhook`). Needs webhook_secret.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Open mode only: the key that signs webhook_url's events."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Deliveries tried per event before it is marked failed."
+    )
+    webhook_retry_base_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Backoff before the 2nd attempt; doubles per attempt, with jitter "
+        "(8 attempts: about 30 minutes in all).",
+    )
+    webhook_retry_max_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=3000,
+        description="Longest wait between two attempts; under the broker's visibility timeout "
+        "(1 h), which would otherwise hand a waiting retry to a second worker.",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Connect and response timeout of one attempt."
+    )
+    cleanup_interval_s: int = Field(
+        default=3600,
+        ge=0,
+        description="How often one of the workers deletes the artifacts of jobs whose record "
+        "is gone (0: never; `bodyserve cleanup` on demand).",
+    )
+    cleanup_grace_s: int = Field(
+        default=3600,
+        ge=0,
+        description="Artifact folders younger than this are never deleted by the cleanup.",
+    )
+
     # --- input limits -------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_json_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of a JSON request body, refused with 413 before it is read. "
+        "The largest legal request is a lift of max_lift_rows (4,000) mediapipe33 people: "
+        "4,000 x 33 keypoints x 3 = 396,000 numbers, at most 24 characters each written at "
+        "full float precision, plus separators: 10.6 MB compact (8.1 MB with typical pixel "
+        "coordinates); 16 MiB leaves room for indented JSON. (A 600-frame motion is ~1 MB.) "
+        "Raise it with max_lift_rows.",
+    )
     max_image_pixels: int = 40_000_000
     max_image_side: int = 12_000
     max_people: int = 16
@@ -108,12 +184,51 @@ class Settings(BaseSettings):
         "cost (about 1 s of CPU per 1,000).",
     )
 
+    # --- synthetic datasets ---------------------------------------------------------------
+    max_dataset_images: int = Field(
+        default=200_000, ge=1, description="Most images one dataset job may ask for (count)."
+    )
+    dataset_input_dir: Path | None = Field(
+        default=None,
+        description="The only folder dataset specs may read from (mocap, backgrounds); "
+        "defaults to data_dir. In containers, mount users' folders under it.",
+    )
+    dataset_chunk_time_limit_s: int = Field(
+        default=1200,
+        ge=10,
+        description="Most seconds one dataset chunk (shard_size images) may take; its task is "
+        "killed a minute later.",
+    )
+    image_job_time_limit_s: int = Field(
+        default=900, ge=10, description="Most seconds one image-generation job may take."
+    )
+    diffusion_model_dir: Path | None = Field(
+        default=None,
+        description="Local folder of Stable Diffusion + ControlNet weights (diffusers layout) "
+        "for image generation; unset: those routes answer 503.",
+    )
+    max_generated_images: int = Field(
+        default=8, ge=1, description="Most images one POST /v1/images/generate may ask for (n)."
+    )
+
     # --- pipeline -----------------------------------------------------------------------
     torch_threads: int = 0  # 0: torch's default
+
+    @model_validator(mode="after")
+    def _webhook_needs_its_secret(self) -> Settings:
+        if (self.webhook_url is None) != (self.webhook_secret is None):
+            raise ValueError(
+                "set both BODYSERVE_WEBHOOK_URL and BODYSERVE_WEBHOOK_SECRET, or neither"
+            )
+        return self
 
     @property
     def artifacts_path(self) -> Path:
         return self.artifact_dir or (self.var_dir / "artifacts")
+
+    @property
+    def dataset_inputs_path(self) -> Path:
+        return self.dataset_input_dir or self.data_dir
 
     @property
     def photos_dir(self) -> Path:

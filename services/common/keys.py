@@ -8,7 +8,10 @@ Keys (``bodyserve:`` prefix):
 
 - ``apikey:<id>``: hash with id, name, secret_sha256, created_at, revoked (``0``/``1``),
   rate_per_minute and max_concurrent (empty: the settings' defaults, read at each request, so
-  changing a default reaches every key that has none of its own).
+  changing a default reaches every key that has none of its own), and where the key has a
+  webhook endpoint (set by the operator, never by a request), webhook_url and webhook_secret.
+  The webhook secret is stored as it is, since it signs every event; it lets no one use the
+  API, only forge events to that endpoint.
 - ``apikeys``: the set of key ids, for listing.
 - ``ratelimit:...``: the submission windows of :class:`SubmissionLimiter`.
 
@@ -33,6 +36,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from services.common.jobs import OPEN_OWNER, PREFIX
+from services.common.webhooks import WebhookEndpoint, check_webhook_url, new_secret
 from shared.settings import get_settings
 
 TOKEN_PREFIX = "bsk"
@@ -65,6 +69,7 @@ class ApiKey:
     revoked: bool
     rate_per_minute: int | None  # None: the default of the settings
     max_concurrent: int | None
+    webhook_url: str | None = None  # where its jobs' events go (its secret is not kept here)
 
     def principal(self, default_rate_per_minute: int, default_max_concurrent: int) -> Principal:
         return Principal(
@@ -160,6 +165,7 @@ class KeyStore:
             revoked=data.get("revoked") == "1",
             rate_per_minute=_limit(data.get("rate_per_minute")),
             max_concurrent=_limit(data.get("max_concurrent")),
+            webhook_url=data.get("webhook_url") or None,
         )
 
     def get(self, key_id: str) -> ApiKey:
@@ -175,10 +181,16 @@ class KeyStore:
             return None
         key_id, secret = parsed
         data: dict[str, str] = self.redis.hgetall(self.key(key_id))  # type: ignore[assignment]
-        stored = data.get("secret_sha256")
+        return self.check_secret(secret, data)
+
+    @classmethod
+    def check_secret(cls, secret: str, record: dict[str, str]) -> ApiKey | None:
+        """The key stored as ``record`` (its hash, as read) if ``secret`` is its secret, else
+        None. Apart from the read, so that the gateway can read with its async client."""
+        stored = record.get("secret_sha256")
         if not stored or not hmac.compare_digest(stored, _hash_secret(secret)):
             return None
-        return self._from_hash(data)
+        return cls._from_hash(record)
 
     def list(self) -> list[ApiKey]:
         keys = []
@@ -194,6 +206,36 @@ class KeyStore:
         key = self.get(key_id)
         self.redis.hset(self.key(key_id), "revoked", "1")
         return ApiKey(**{**key.__dict__, "revoked": True})
+
+    # ------------------------------------------------------------------ webhooks
+    def set_webhook(
+        self, key_id: str, url: str, *, rotate_secret: bool = False
+    ) -> tuple[ApiKey, str | None]:
+        """Send the events of the key's jobs to ``url`` (ValueError when it is not an http(s)
+        URL with a host). Returns the key and its new signing secret, to show once: a key
+        without a secret gets one, ``rotate_secret`` replaces it; otherwise None (the
+        receiver's secret stays valid when only the URL moves)."""
+        url = check_webhook_url(url)
+        self.get(key_id)  # KeyNotFound
+        fields = {"webhook_url": url}
+        secret = None
+        if rotate_secret or not self.redis.hget(self.key(key_id), "webhook_secret"):
+            secret = fields["webhook_secret"] = new_secret()
+        self.redis.hset(self.key(key_id), mapping=dict[Any, Any](fields))
+        return self.get(key_id), secret
+
+    def clear_webhook(self, key_id: str) -> ApiKey:
+        """No more events for the key's jobs (events already queued are skipped)."""
+        self.get(key_id)
+        self.redis.hdel(self.key(key_id), "webhook_url", "webhook_secret")
+        return self.get(key_id)
+
+    def webhook_endpoint(self, key_id: str) -> WebhookEndpoint | None:
+        """Where the events of ``key_id``'s jobs go, with the secret that signs them."""
+        url, secret = self.redis.hmget(self.key(key_id), ["webhook_url", "webhook_secret"])
+        if not url or not secret:
+            return None
+        return WebhookEndpoint(str(url), str(secret))
 
 
 class RateLimited(Exception):

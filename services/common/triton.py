@@ -15,7 +15,9 @@ Errors:
   with the server's message (not retryable).
 
 One gRPC client per process and URL, created lazily and reused; a forked child (Celery's
-prefork pool) makes its own, since gRPC channels do not survive a fork.
+prefork pool) makes its own, since gRPC channels do not survive a fork. Its channel tries to
+reconnect to a server that went away every second or two (gRPC's default backoff grows to two
+minutes, failing every call meanwhile: a restarted Triton looked down long after it was back).
 """
 
 from __future__ import annotations
@@ -83,6 +85,21 @@ _TRANSIENT_MESSAGES = (
     "stub process is not healthy",  # the python backend restarts a crashed stub
 )
 
+# tritonclient's own channel options (unlimited messages, its keepalive defaults), plus a short
+# reconnection backoff.
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+CHANNEL_ARGS: list[tuple[str, int | bool]] = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 _clients: dict[tuple[int, str], grpcclient.InferenceServerClient] = {}
 _clients_lock = threading.Lock()
 
@@ -102,7 +119,7 @@ def get_client(url: str) -> grpcclient.InferenceServerClient:
         if client is None:
             for stale in [k for k in _clients if k[0] != key[0]]:
                 del _clients[stale]  # inherited through fork: never use, never close
-            client = grpcclient.InferenceServerClient(key[1])
+            client = grpcclient.InferenceServerClient(key[1], channel_args=CHANNEL_ARGS)
             _clients[key] = client
         return client
 

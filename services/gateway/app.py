@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Iterable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, params
+from fastapi.routing import APIRoute
 
 from services.gateway import errors
 from services.gateway.auth import authenticate
 from services.gateway.deps import job_store, settings
-from services.gateway.metrics import LATENCY, REQUESTS, RedisJobCollector, registry
-from services.gateway.routes import health, jobs, mesh_recovery, poses
+from services.gateway.errors import error_responses
+from services.gateway.limits import MULTIPART_OVERHEAD_BYTES, BodyLimit, BodySizeLimit
+from services.gateway.metrics import RedisJobCollector, RequestMetrics, registry
+from services.gateway.routes import datasets, health, images, jobs, mesh_recovery, poses
+from shared.schemas import ErrorBody
 
 log = logging.getLogger("bodyserve.gateway")
 
@@ -27,8 +31,14 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(health.router)  # /healthz, /readyz, /metrics: no key
     # Every /v1 route: an API key (401 without), whose principal owns the jobs it submits.
-    for router in (mesh_recovery.router, poses.router, jobs.router):
-        app.include_router(router, dependencies=[Depends(authenticate)])
+    submission_routers = (mesh_recovery.router, poses.router, datasets.router, images.router)
+    v1_routers = (*submission_routers, jobs.router)
+    for router in v1_routers:
+        responses = V1_ERRORS | (SUBMISSION_ERRORS if router in submission_routers else JOB_ERRORS)
+        app.include_router(
+            router, dependencies=[Depends(authenticate)], responses=error_responses(responses)
+        )
+    _document_validation_errors_as_answered(app)
     if settings().auth_mode == "open":
         log.warning(
             "open mode (BODYSERVE_AUTH_MODE=open): no API key is needed, every client sees "
@@ -36,17 +46,79 @@ def create_app() -> FastAPI:
         )
     registry.register(RedisJobCollector(job_store()))
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        LATENCY.labels(path, request.method).observe(time.perf_counter() - started)
-        REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-        return response
-
+    # Pure ASGI middlewares, the last added outermost: metrics see every answer, the body
+    # limit refuses oversized bodies before authentication and routing.
+    config = settings()
+    app.add_middleware(
+        BodySizeLimit,
+        default=BodyLimit(
+            config.max_json_bytes,
+            "BODYSERVE_MAX_JSON_BYTES",
+            "send fewer people, frames or poses per request, or split it into several",
+        ),
+        uploads=BodyLimit(
+            config.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+            f"BODYSERVE_MAX_UPLOAD_BYTES, {config.max_upload_bytes} bytes for the image, plus "
+            f"{MULTIPART_OVERHEAD_BYTES} bytes for the other form fields",
+            "send a smaller image (downscaled, or saved as JPEG)",
+        ),
+        upload_paths=_upload_paths(v1_routers),
+    )
+    app.add_middleware(RequestMetrics)
     return app
+
+
+# The errors every /v1 route may answer, and every route that submits a job.
+V1_ERRORS = {
+    401: "No API key, or one that is not valid or was revoked (keys mode).",
+    503: "The job store or queue (Redis) is unavailable; retry after Retry-After seconds.",
+}
+SUBMISSION_ERRORS = {
+    400: "The body could not be read: not JSON encoded as UTF-8, or not a multipart form.",
+    409: "A request with this Idempotency-Key is still being processed; retry shortly.",
+    413: "The request body is over BODYSERVE_MAX_JSON_BYTES (JSON) or the upload over "
+    "BODYSERVE_MAX_UPLOAD_BYTES (multipart); refused before it is read.",
+    422: "Invalid request: the message says what to fix.",
+    429: "Over the API key's submission rate or concurrent-job limit; retry after Retry-After.",
+}
+JOB_ERRORS = {
+    404: "No such job for this API key (unknown, expired, or another key's), or no such "
+    "artifact of it.",
+}
+
+
+def _document_validation_errors_as_answered(app: FastAPI) -> None:
+    """FastAPI documents its own 422 body (``detail``: a list of errors) wherever a route has
+    parameters, but ``errors.install`` answers every error as ``{"detail": "what to fix"}``
+    (ErrorBody): the OpenAPI document says so instead."""
+    generate = app.openapi
+    fastapi_error = "#/components/schemas/HTTPValidationError"
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        components = schema.get("components", {}).get("schemas", {})
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            for response in operation.get("responses", {}).values():
+                for media in response.get("content", {}).values():
+                    if media.get("schema", {}).get("$ref") == fastapi_error:
+                        media["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+                        components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _upload_paths(routers: Iterable[APIRouter]) -> frozenset[str]:
+    """The paths of the routes that take a file upload (multipart, a File parameter)."""
+    return frozenset(
+        route.path
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and any(isinstance(p.field_info, params.File) for p in route.dependant.body_params)
+    )
 
 
 app = create_app()

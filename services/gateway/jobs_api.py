@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from redis.commands.core import AsyncScript
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URLPath
 
 from services.common.jobs import (
     OPEN_OWNER,
@@ -44,6 +48,7 @@ from shared.storage import ArtifactStore
 
 _async_redis: aioredis.Redis | None = None
 _idempotency_keys: IdempotencyKeys | None = None
+_record_script: AsyncScript | None = None
 # How long a repeat of an idempotent request waits for the job its first try is creating.
 IDEMPOTENT_WAIT_S = 10.0
 # Retry-After of the concurrent-job quota: when one of the jobs ends cannot be known, and a
@@ -122,14 +127,56 @@ async def wait_for_job(job_id: str, timeout_s: float) -> dict[str, Any] | None:
     return {"job_id": job_id, "status": status, "error": error or None}
 
 
+def job_url(request: Request, route_name: str, job_id: str) -> str:
+    """``request.url_for(route_name, job_id=job_id)``, without searching every route for the
+    name on each call (about 60 us, twice per status read)."""
+    path = _route_path(request.app, route_name).replace(_JOB_ID_PLACEHOLDER, job_id)
+    return str(URLPath(path).make_absolute_url(request.base_url))
+
+
+_JOB_ID_PLACEHOLDER = "JOB-ID-PLACEHOLDER"
+
+
+@cache
+def _route_path(app: Starlette, route_name: str) -> str:
+    """The path of a route with a ``job_id`` parameter, the id left as a placeholder."""
+    return app.url_path_for(route_name, job_id=_JOB_ID_PLACEHOLDER)
+
+
 def job_info(request: Request, job: Job) -> JobInfo:
-    links = {"self": str(request.url_for("get_job", job_id=job.id))}
+    links = {"self": job_url(request, "get_job", job.id)}
     if job.status is JobStatus.succeeded:
-        links["result"] = str(request.url_for("get_job_result", job_id=job.id))
+        links["result"] = job_url(request, "get_job_result", job.id)
     # Every field of the job record but its options (the request, not its state) and its owner
-    # (only ever shown to that owner).
-    record = {k: v for k, v in asdict(job).items() if k not in ("options", "owner")}
+    # (only ever shown to that owner). Not asdict: it deep-copies the options, per status read.
+    record = {f.name: getattr(job, f.name) for f in fields(job) if f.name not in _NOT_SHOWN}
     return JobInfo(**record, links=links)
+
+
+_NOT_SHOWN = ("options", "owner")
+# A job's record without its options: those are the request (a lift can be megabytes of
+# keypoints), never shown by a status read, which would read, send and parse them every poll.
+# Fields are taken as they are (not a list), so that fields added to the record come along.
+_RECORD_WITHOUT_OPTIONS = """
+local record = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if field ~= 'options' then
+    record[#record + 1] = field
+    record[#record + 1] = redis.call('HGET', KEYS[1], field)
+  end
+end
+return record
+"""
+
+
+async def read_job_record(job_id: str) -> dict[str, str]:
+    """The job's record (its Redis hash) without its options; empty when there is none."""
+    global _record_script
+    client = async_redis()
+    if _record_script is None or _record_script.registered_client is not client:
+        _record_script = client.register_script(_RECORD_WITHOUT_OPTIONS)
+    flat = await _record_script(keys=[JobStore.key(job_id)])
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def accept_job(
@@ -154,7 +201,7 @@ async def accept_job(
         job, replayed = await submission.submit(new_job_id()), False
     else:
         job, replayed = await _submit_once(submission, key)
-    headers = {"Location": str(request.url_for("get_job", job_id=job.id))}
+    headers = {"Location": job_url(request, "get_job", job.id)}
     if replayed:
         headers[REPLAYED_HEADER] = "true"
     if wait_s > 0:

@@ -6,14 +6,17 @@ of the gateway shows every worker's jobs, whatever the number of worker processe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.jobs import DURATION_BUCKETS, JobStore
+from services.common.webhooks import metric_families as webhook_metric_families
 from services.workers.celery_app import QUEUES
 
 registry = CollectorRegistry()
@@ -36,6 +39,47 @@ JOBS_SUBMITTED = Counter(
     ["capability"],
     registry=registry,
 )
+
+
+# Methods counted under their own name; any other (a client's invention) is "other", so that
+# clients cannot grow the label set.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: counts and times every HTTP request by route template.
+
+    Pure ASGI rather than ``@app.middleware("http")``: that one runs the app in a separate
+    task and streams every response through a memory channel, on every request. The route
+    template (``/v1/jobs/{job_id}``, not the id) keeps the label set small; requests that match
+    no route count as ``unmatched``. Outermost, so that refusals by the other middlewares (413)
+    are counted too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            # The router leaves the matched route in the (shared) scope.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            LATENCY.labels(path, method).observe(time.perf_counter() - started)
+            REQUESTS.labels(path, method, str(status)).inc()
 
 
 class RedisJobCollector(Collector):
@@ -79,3 +123,8 @@ class RedisJobCollector(Collector):
         for queue, value in depths.items():
             depth.add_metric([queue], float(value))
         yield depth
+        try:  # webhook deliveries by outcome, counted by the workers (services.common.webhooks)
+            webhooks = webhook_metric_families(self.store.redis)
+        except redis.RedisError:
+            return
+        yield from webhooks

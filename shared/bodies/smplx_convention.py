@@ -364,6 +364,17 @@ def _anchors(heads: torch.Tensor) -> torch.Tensor:
     return anchors
 
 
+def posed_body_joints(bone_poses: torch.Tensor) -> torch.Tensor:
+    """(B, 104, 4, 4) posed Anny bone poses -> (B, 22, 3) the SMPL-X body joints (pelvis first)
+    where the adapter puts them on that body, in the bone poses' frame: the head of each joint's
+    first Anny bone, the feet at their toes' mean head (as :func:`_anchors` does at rest)."""
+    heads = bone_poses[..., :3, 3]
+    first = [_ANNY[SMPLX_TO_ANNY[n][0]] for n in SMPLX_JOINT_NAMES[:22]]
+    joints = heads[:, first].clone()
+    joints[:, list(_FEET)] = heads[:, _TOES].mean(2)
+    return joints
+
+
 def tpose_joints(rest_bone_poses: torch.Tensor) -> torch.Tensor:
     """(B, 55, 3) the canonical T-pose skeleton in SMPL-X's frame (metres, Anny's origin): Anny's
     rest joints at this phenotype, arms straightened as in :func:`rest_offsets`. This is the

@@ -61,12 +61,14 @@ def _as_tensor(array: np.ndarray | torch.Tensor, shape: tuple[int, ...], name: s
 def anny_pose_from_smplx(
     body_pose: np.ndarray | torch.Tensor,
     global_orient: np.ndarray | torch.Tensor | None = None,
+    phenotype: np.ndarray | torch.Tensor | None = None,
 ) -> AnnyPose:
-    """SMPL-X-convention body pose -> the same pose on Anny's neutral body.
+    """SMPL-X-convention body pose -> the same pose on Anny's body (neutral by default).
 
     Args:
         body_pose: (B, 21, 3) axis-angle, radians, SMPL-X body joint order.
         global_orient: (B, 3) axis-angle in SMPL-X's frame; default zero (upright, facing +Z).
+        phenotype: (B, 6) Anny phenotypes; default the neutral one (0.5 each).
 
     Returns:
         :class:`AnnyPose`: ``pose`` (B, 104, 3) Anny local-bone axis-angle, ``transl`` (B, 3),
@@ -82,7 +84,13 @@ def anny_pose_from_smplx(
         if global_orient is None
         else _as_tensor(global_orient, (3,), "global_orient")
     )
-    phenotype, rest = _neutral_rest()
+    if phenotype is None:
+        phenotype, rest = _neutral_rest()
+    else:
+        body = get_anny()
+        phenotype = _as_tensor(phenotype, (len(body.phenotype_labels),), "phenotype")
+        with torch.no_grad():
+            rest = body.rest_bone_poses(body.blendshape_coefficients(phenotype))
     with torch.no_grad():
         deltas = smplx_to_anny(
             {"global_orient": orient, "body_pose": pose},

@@ -360,9 +360,13 @@ class _GLWorker:
             )
         return self._max_side
 
-    def program(self, ctx: Any, name: str) -> Any:
+    def program(self, ctx: Any, name: str, sources: tuple[str, str] | None = None) -> Any:
+        """The compiled program ``name``, cached; other renderers pass their own ``sources``
+        (vertex shader, fragment shader) to share this context."""
         if name not in self._programs:
-            if name == "shade":
+            if sources is not None:
+                prog = ctx.program(vertex_shader=sources[0], fragment_shader=sources[1])
+            elif name == "shade":
                 prog = ctx.program(
                     vertex_shader=_VERTEX_SHADER, fragment_shader=_SHADE_FRAGMENT_SHADER
                 )
@@ -374,7 +378,10 @@ class _GLWorker:
         return self._programs[name]
 
     def framebuffers(self, ctx: Any, kind: str, size: tuple[int, int], samples: int) -> Any:
-        """Cached ``(render_fbo, read_fbo, gl_objects)``; one fbo serves both without MSAA."""
+        """Cached ``(render_fbo, read_fbo, gl_objects)``; one fbo serves both without MSAA.
+
+        ``kind``: "shade" (RGBA8, multisampled), "layers" (2 float32) or "labels" (4 float32).
+        """
         key = (kind, size, samples)
         if key in self._fbos:
             self._fbos.move_to_end(key)
@@ -391,7 +398,9 @@ class _GLWorker:
                 read_fbo = ctx.framebuffer(color_attachments=[resolved])
                 objects += [read_fbo, resolved]
         else:
-            values = ctx.renderbuffer(size, components=2, dtype="f4")
+            # "layers": depth and mesh label; "labels" (the scene renderer): two more floats.
+            components = 4 if kind == "labels" else 2
+            values = ctx.renderbuffer(size, components=components, dtype="f4")
             depth = ctx.depth_renderbuffer(size)
             render_fbo = read_fbo = ctx.framebuffer(
                 color_attachments=[values], depth_attachment=depth

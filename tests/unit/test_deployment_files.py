@@ -360,7 +360,7 @@ def test_triton_and_gateway_commands() -> None:
 
 
 def test_every_queue_has_its_worker_service() -> None:
-    from services.workers.celery_app import QUEUES
+    from services.workers.celery_app import QUEUES, WEBHOOKS_QUEUE
 
     services = _services()
     hard_limit = Settings.model_fields["job_hard_time_limit_s"].default
@@ -368,7 +368,9 @@ def test_every_queue_has_its_worker_service() -> None:
     for name, argv in _workers().items():
         assert _option(argv, "-A", "--app") == "services.workers.celery_app:app", name
         queues = (_option(argv, "-Q", "--queues") or "").split(",")
-        assert len(queues) == 1 and queues[0], f"{name}: one queue per worker service"
+        # One queue of jobs per worker service, and the webhooks queue that every worker serves.
+        assert len(queues) == 2 and queues[0], f"{name}: -Q <its queue>,{WEBHOOKS_QUEUE}"
+        assert queues[1] == WEBHOOKS_QUEUE, name
         queue = queues[0]
         assert queue not in served, f"{queue} served by {served.get(queue)} and {name}"
         served[queue] = name
@@ -827,7 +829,8 @@ def test_every_queue_has_a_worker_deployment_and_a_scaledobject() -> None:
         argv = _k8s_argv(container)
         if argv[:1] != ["celery"]:
             continue
-        queue = _option(argv, "-Q", "--queues")
+        queue, _, also = (_option(argv, "-Q", "--queues") or "").partition(",")
+        assert also == "webhooks", f"{name}: every worker serves the webhooks queue too"
         assert queue and name == "worker-" + queue.replace("_", "-"), name
         served[queue] = name
         # The same command line as compose's service of the same name.

@@ -6,6 +6,7 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from services.common.triton import triton_ready
@@ -41,7 +42,23 @@ def _readiness() -> dict[str, str]:
     return checks
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(
+        description="Per dependency (redis, workers, triton): ok or why not."
+    )
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "Not ready: Redis, a worker or Triton is not reachable (see checks).",
+        }
+    },
+)
 async def readyz() -> JSONResponse:
     checks = await run_in_threadpool(_readiness)
     ready = all(v.startswith(("ok", "not configured")) for v in checks.values())

@@ -1,4 +1,5 @@
-"""Job status, results, artifacts and cancellation: the same routes for every capability.
+"""Job status, results, artifacts, cancellation and deletion: the same routes for every
+capability.
 
 A job is visible only to the principal that submitted it: another API key gets the same 404 as
 for a job that does not exist, so job ids reveal nothing.
@@ -12,12 +13,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.common.jobs import Job, JobNotFound, JobStatus, JobStore
+from services.common.retention import delete_job
+from services.common.webhooks import delivery_state
 from services.gateway.auth import current_principal
 from services.gateway.deps import artifact_store, job_store
-from services.gateway.errors import ApiError
-from services.gateway.jobs_api import async_redis, job_info
+from services.gateway.errors import ApiError, error_responses
+from services.gateway.jobs_api import job_info, read_job_record
 from services.workers.celery_app import app as celery_app
-from shared.schemas import CONTENT_TYPES, JobInfo
+from services.workers.tasks.webhooks import announce_job_end
+from shared.schemas import JobInfo, artifact_content_type
 from shared.storage import ArtifactNotFound, check_job_id, check_name
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -45,16 +49,21 @@ async def get_job(job_id: str, request: Request) -> JobInfo:
         check_job_id(job_id)
     except ValueError as exc:
         raise unknown from exc
-    record = await async_redis().hgetall(JobStore.key(job_id))
+    record = await read_job_record(job_id)  # not its options: megabytes for a big lift
     if not record:
         raise unknown
-    job = Job.from_hash({str(k): str(v) for k, v in record.items()})  # decode_responses=True
+    fields = {str(k): str(v) for k, v in record.items()}  # decode_responses=True
+    job = Job.from_hash(fields)
     if job.owner != current_principal(request).id:
         raise unknown
-    return job_info(request, job)
+    return job_info(request, job).model_copy(update={"webhook": delivery_state(fields)})
 
 
-@router.get("/{job_id}/result", name="get_job_result")
+@router.get(
+    "/{job_id}/result",
+    name="get_job_result",
+    responses=error_responses({409: "The job has not succeeded (yet): no result."}),
+)
 def get_job_result(job_id: str, request: Request) -> dict[str, Any]:
     job = _job(job_id, request)
     if job.status is JobStatus.failed:
@@ -76,7 +85,8 @@ def get_job_artifact(job_id: str, name: str, request: Request) -> Response:
         check_name(name)
     except ValueError as exc:
         raise ApiError(404, f"no artifact named {name!r}") from exc
-    if name not in CONTENT_TYPES or job.status is not JobStatus.succeeded:
+    media_type = artifact_content_type(job.capability, name)
+    if media_type is None or job.status is not JobStatus.succeeded:
         raise ApiError(404, f"no artifact named {name!r} for this job")
     try:
         data = artifact_store().get(job_id, name)
@@ -84,15 +94,33 @@ def get_job_artifact(job_id: str, name: str, request: Request) -> Response:
         raise ApiError(404, f"no artifact named {name!r} for this job (not requested?)") from exc
     return Response(
         data,
-        media_type=CONTENT_TYPES[name],
+        media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{job_id}-{name}"'},
     )
 
 
-@router.delete("/{job_id}", response_model=JobInfo)
-def cancel_job(job_id: str, request: Request) -> JobInfo:
+@router.delete(
+    "/{job_id}",
+    response_model=JobInfo,
+    responses={204: {"description": "The job had ended: it is deleted, files and all."}},
+)
+def cancel_or_delete_job(job_id: str, request: Request) -> JobInfo | Response:
+    """Cancel a job that has not ended; delete one that has.
+
+    - queued or running: cancelled (200 with the job, status ``cancelled``; a running job stops
+      at its next step). Its record, upload and webhook event stay: DELETE it again to delete.
+      If it ended meanwhile, 200 with the job as it ended (nothing cancelled, nothing deleted).
+    - succeeded, failed or cancelled: deleted at once (204): its uploaded input and output files,
+      its result and its record. ``GET /v1/jobs/{id}`` is 404 afterwards.
+    """
     job = _job(job_id, request)
-    if not job.status.terminal:
-        job = job_store().cancel(job_id)
-        celery_app.control.revoke(job_id)
-    return job_info(request, job)
+    store = job_store()
+    if job.status.terminal:
+        delete_job(store, artifact_store(), job_id)
+        return Response(status_code=204)
+    store.finish(job_id, JobStatus.cancelled, error="cancelled by the client")
+    celery_app.control.revoke(job_id)
+    announce_job_end(job_id)  # its event, if the job ended (cancelled here, or by its worker)
+    record = store.redis.hgetall(JobStore.key(job_id))
+    info = job_info(request, store.get(job_id))
+    return info.model_copy(update={"webhook": delivery_state(record)})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -10,14 +10,31 @@ from pydantic import ValidationError
 
 from services.common.stores import UPLOAD_NAME
 from services.gateway.deps import settings
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, error_responses
 from services.gateway.jobs_api import accept_job
 from shared.io.images import ImageError, decode_image
-from shared.schemas import DEFAULT_OUTPUTS, JobInfo, MeshRecoveryOptions, MeshRecoveryResult
+from shared.schemas import (
+    DEFAULT_OUTPUTS,
+    MAX_FOCAL_LENGTH_PX,
+    MAX_ITERATIONS,
+    MAX_PEOPLE,
+    MAX_SEED,
+    MIN_ITERATIONS,
+    JobInfo,
+    MeshRecoveryOptions,
+    MeshRecoveryResult,
+    Output,
+    setting_limit,
+)
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["mesh recovery"])
 CAPABILITY = "mesh_recovery"
+IMAGE_CONTENT_TYPES = (
+    "image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "image/gif",
+)  # fmt: skip
+# Every output once, comma-separated ("glb,obj,ply,overlay,npz,json"), with room for spaces.
+OUTPUTS_TEXT_LENGTH = 2 * len(",".join(Output))
 IMAGE_ERROR_STATUS = {
     "empty_upload": 422,
     "upload_too_large": 413,
@@ -44,36 +61,70 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     responses={
         200: {"model": MeshRecoveryResult, "description": "Finished within ?wait=SECONDS."},
         202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
-        413: {"description": "Upload or image dimensions over the limits."},
-        415: {"description": "Not an image in a supported format."},
-        422: {"description": "Corrupt image or invalid options."},
+        **error_responses(
+            {
+                400: "Not a readable multipart form, or more fields or files than a mesh-"
+                "recovery request has.",
+                413: "The upload is over BODYSERVE_MAX_UPLOAD_BYTES, or the image over "
+                "BODYSERVE_MAX_IMAGE_PIXELS / BODYSERVE_MAX_IMAGE_SIDE.",
+                415: "Not an image in a supported format.",
+                422: "A damaged image, a missing image, or invalid options.",
+            }
+        ),
+    },
+    # The form holds one image and a handful of short options: refuse anything bigger while
+    # it is parsed (400), not after.
+    form_limits={"max_files": 1, "max_fields": 16, "max_part_size": 1024},
+    # What the image part may be (the bytes are what count: the format is read from them).
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "encoding": {"image": {"contentType": ", ".join(IMAGE_CONTENT_TYPES)}}
+                }
+            }
+        }
     },
 )
 async def create_mesh_recovery(
     request: Request,
     response: Response,
     image: Annotated[UploadFile, File(description="Photo: JPEG, PNG, WebP, BMP, TIFF or GIF.")],
-    body_model: Annotated[str, Form(description="anny (default) or smplx")] = "anny",
-    max_people: Annotated[int, Form(description="1-16")] = 4,
+    body_model: Annotated[
+        Literal["anny", "smplx"], Form(description="anny (default) or smplx")
+    ] = "anny",
+    max_people: Annotated[
+        int, Form(ge=1, le=MAX_PEOPLE, description="1 to BODYSERVE_MAX_PEOPLE (16)")
+    ] = 4,
     outputs: Annotated[
-        str, Form(description="Comma-separated: glb, obj, ply, overlay, npz, json")
+        str,
+        Form(
+            max_length=OUTPUTS_TEXT_LENGTH,
+            description="Comma-separated, each at most once: glb, obj, ply, overlay, npz, json",
+        ),
     ] = ",".join(o.value for o in DEFAULT_OUTPUTS),
-    focal_length_px: Annotated[float | None, Form()] = None,
-    iterations: Annotated[int, Form()] = 60,
-    seed: Annotated[int, Form()] = 0,
+    focal_length_px: Annotated[
+        float | None,
+        Form(gt=0, le=MAX_FOCAL_LENGTH_PX, description="Default: the photo's EXIF, else ~50°"),
+    ] = None,
+    iterations: Annotated[int, Form(ge=MIN_ITERATIONS, le=MAX_ITERATIONS)] = 60,
+    seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
     prior: Annotated[
         str | None,
         Form(
+            max_length=len("pose_prior"),
             description="pose_prior (the learned prior) or none (a simple regulariser); "
-            "default: pose_prior when one is published, else none"
+            "default: pose_prior when one is published, else none",
         ),
     ] = None,
     hypotheses: Annotated[
         int,
         Form(
+            ge=1,
+            json_schema_extra=setting_limit("max_lift_hypotheses", "maximum"),
             description="3D bodies per person: 1 (the fit alone) up to "
             "BODYSERVE_MAX_LIFT_HYPOTHESES; above 1 also returns each person's hypotheses, "
-            "per-joint uncertainty and spread.png (with the overlay output)"
+            "per-joint uncertainty and spread.png (with the overlay output)",
         ),
     ] = 1,
     wait: Annotated[

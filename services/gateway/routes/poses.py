@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -35,12 +35,48 @@ Wait = Annotated[
 ]
 
 
+_STANDING = [[0.0, 0.0, 0.0]] * 21  # every joint at rest: a person standing
+# The COCO annotation of ../shared/data/keypoints2d (a skier), [x, y, visible].
+_SKIER = [
+    [367, 81, 1], [374, 73, 1], [360, 75, 1], [386, 78, 1], [356, 81, 1], [399, 108, 1],
+    [358, 129, 1], [433, 142, 1], [341, 159, 1], [449, 165, 1], [309, 178, 1], [424, 203, 1],
+    [393, 214, 1], [429, 294, 1], [367, 273, 1], [466, 362, 1], [396, 341, 1],
+]  # fmt: skip
+# A request of each kind, for the OpenAPI document (and its readers).
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "generate": {"poses": {"summary": "4 poses", "value": {"n": 4, "seed": 7}}},
+    "complete": {
+        "legs": {
+            "summary": "10 ways to fill in a hidden left leg",
+            "value": {"body_pose": _STANDING, "hidden_parts": ["left_leg"], "k": 10},
+        }
+    },
+    "lift": {
+        "skier": {
+            "summary": "One COCO person, 10 hypotheses",
+            "value": {
+                "format": "coco17",
+                "image_size": {"width": 640, "height": 425},
+                "people": [_SKIER],
+                "hypotheses": 10,
+            },
+        }
+    },
+    "denoise": {
+        "still": {
+            "summary": "A motion of 3 frames, as joint positions",
+            "value": {"joints": [[[0.0, 0.9, 0.0]] * 22] * 3, "fps": 30},
+        }
+    },
+}
+
+
 def _responses(result: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    # The errors every submission may answer (401, 409, 413, 422, 429, 503) are documented
+    # where the routers are included (app.py).
     return {
         200: {"model": result, "description": "Finished within ?wait=SECONDS."},
         202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
-        422: {"description": "Invalid request; the message says what to fix."},
-        503: {"description": "The job queue is unavailable; retry shortly."},
     }
 
 
@@ -51,7 +87,7 @@ def _responses(result: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     responses=_responses(PoseGenerateResult),
 )
 async def generate_poses(
-    body: PoseGenerateRequest,
+    body: Annotated[PoseGenerateRequest, Body(openapi_examples=EXAMPLES["generate"])],
     request: Request,
     response: Response,
     wait: Wait = 0,
@@ -69,7 +105,7 @@ async def generate_poses(
     responses=_responses(PoseCompleteResult),
 )
 async def complete_pose(
-    body: PoseCompleteRequest,
+    body: Annotated[PoseCompleteRequest, Body(openapi_examples=EXAMPLES["complete"])],
     request: Request,
     response: Response,
     wait: Wait = 0,
@@ -88,7 +124,7 @@ async def complete_pose(
     responses=_responses(PoseLiftResult),
 )
 async def lift_poses(
-    body: PoseLiftRequest,
+    body: Annotated[PoseLiftRequest, Body(openapi_examples=EXAMPLES["lift"])],
     request: Request,
     response: Response,
     wait: Wait = 0,
@@ -108,7 +144,7 @@ async def lift_poses(
     responses=_responses(MotionDenoiseResult),
 )
 async def denoise_motion(
-    body: MotionDenoiseRequest,
+    body: Annotated[MotionDenoiseRequest, Body(openapi_examples=EXAMPLES["denoise"])],
     request: Request,
     response: Response,
     wait: Wait = 0,
