@@ -29,6 +29,19 @@ def check_name(name: str) -> str:
     return name
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def check_job_id(job_id: str) -> str:
     if not _JOB_ID.match(job_id):
         raise ValueError(f"invalid job id {job_id!r}")
@@ -56,16 +69,7 @@ class LocalArtifactStore:
         return self.root / check_job_id(job_id) / check_name(name)
 
     def put(self, job_id: str, name: str, data: bytes) -> None:
-        path = self._path(job_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self._path(job_id, name), data)
 
     def get(self, job_id: str, name: str) -> bytes:
         path = self._path(job_id, name)

@@ -91,6 +91,13 @@ def input_licences(spec: DatasetSpec, prior_record: Mapping[str, Any] | None) ->
         )
     else:
         licences.append("Poses: uniform within bodyserve's anatomical joint limits (no data)")
+    if spec.generator == "diffusion":
+        licences.append(
+            "Images: painted by the Stable Diffusion and depth ControlNet weights configured "
+            "in BODYSERVE_DIFFUSION_MODEL_DIR, under those weights' licence (for Stable "
+            "Diffusion 1.5, CreativeML OpenRAIL-M); the labels are the rendered body's, which "
+            "the image follows as closely as the ControlNet does"
+        )
     if spec.backgrounds.source == "folder":
         licences.append(
             f"Backgrounds: images of the folder {spec.backgrounds.folder!r}, under the licences "

@@ -46,6 +46,7 @@ from shared.datasets.spec import (
     resolve_input_folder,
 )
 from shared.render.backgrounds import Backgrounds
+from shared.storage import check_name, write_atomically
 
 BATCH = 32  # bodies posed per Anny pass
 CONTACT_SHEET_IMAGES = 48
@@ -55,6 +56,8 @@ CONTACT_SHEET_NAME = "contact_sheet.png"
 DIGITS = 6
 
 Progress = Callable[[int], None]  # samples of this chunk made so far
+# Paints a sample's image following its body's depth: (H, W) metres (0: none), seed -> RGB.
+Painter = Callable[[np.ndarray, int], np.ndarray]
 
 
 class Sink(Protocol):
@@ -75,17 +78,7 @@ class FolderSink:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def put(self, name: str, data: bytes) -> None:
-        import os
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, self.folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.folder / check_name(name), data)
 
     def get(self, name: str) -> bytes:
         return (self.folder / name).read_bytes()
@@ -165,6 +158,7 @@ class DatasetMaker:
 
     ``prior``: draws prior poses (the worker passes its inference backend's pose prior); needed
     for the ``prior`` pose source only. ``cache_dir``: where ingested mocap poses are kept.
+    ``painter``: for generator ``diffusion`` (:func:`shared.diffusion.loop.depth_painter`).
     """
 
     def __init__(
@@ -173,11 +167,15 @@ class DatasetMaker:
         prior: sampling.PriorSampler | None = None,
         cache_dir: Path | None = None,
         input_root: Path | None = None,
+        painter: Painter | None = None,
     ) -> None:
         from shared.render.parts import anny_vertex_parts
 
         self.spec = spec
         self.prior = prior
+        if spec.generator == "diffusion" and painter is None:
+            raise ValueError("generator 'diffusion' needs a painter (the diffusion pipelines)")
+        self.painter = painter
         self.cache_dir = cache_dir
         self.input_root = input_root
         self.vertex_parts = anny_vertex_parts()
@@ -246,14 +244,16 @@ class DatasetMaker:
                 lighting=lighting,
                 background=background,
             )
+            rgb = scene.rgb
+            if self.painter is not None:
+                # Diffusion-HPC: the image follows the body's depth; the labels are the body's.
+                rgb = self.painter(scene.depth, int(seeds[row] % (2**31)))
             t1 = time.perf_counter()
             mask = scene.mask == 0
             labels = sample_labels(index, bodies, row, mask, scene.depth, size)
             t2 = time.perf_counter()
             records.append(
-                encode_sample(
-                    index, scene.rgb, mask, scene.depth, scene.parts, labels, spec.image_format
-                )
+                encode_sample(index, rgb, mask, scene.depth, scene.parts, labels, spec.image_format)
             )
             self.timings.render += t1 - t0
             self.timings.label += t2 - t1

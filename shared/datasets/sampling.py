@@ -17,9 +17,8 @@ Poses:
 from __future__ import annotations
 
 import hashlib
+import io
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -30,6 +29,7 @@ import numpy as np
 from shared.bodies.limits import HINGES, MAX_ANGLE_DEG, limit_violations
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS
 from shared.datasets.spec import PHENOTYPES, DatasetSpec
+from shared.storage import write_atomically
 
 PRIOR_STEPS = 25
 MAX_REDRAWS = 6
@@ -214,9 +214,7 @@ def mocap_body_poses(folder: Path, cache_dir: Path) -> np.ndarray:
     if cache.is_file():
         return np.load(cache)
     poses = np.asarray(build_dataset(folder).body_pose, dtype=np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".mocap-", suffix=".npy")
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, poses)
-    os.replace(tmp, cache)
+    buffer = io.BytesIO()
+    np.save(buffer, poses)
+    write_atomically(cache, buffer.getvalue())
     return poses

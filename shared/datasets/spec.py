@@ -188,7 +188,12 @@ class DatasetSpec(_Strict):
     shard_size: int = Field(
         250, ge=1, le=MAX_SHARD_SIZE, description="Samples per WebDataset shard (= per chunk)."
     )
-    generator: Literal["render", "diffusion"] = "render"
+    generator: Literal["render", "diffusion"] = Field(
+        "render",
+        description="render: the rendered body over a background; diffusion (Diffusion-HPC): "
+        "Stable Diffusion paints the image following the body's depth (ControlNet), labels are "
+        "the body's.",
+    )
     prompt: str | None = Field(
         None,
         max_length=MAX_PROMPT_LENGTH,
@@ -215,8 +220,19 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _prompt_for_diffusion(self) -> DatasetSpec:
-        if self.prompt is not None and self.generator != "diffusion":
-            raise ValueError("prompt applies to generator 'diffusion' only")
+        if self.generator != "diffusion":
+            if self.prompt is not None:
+                raise ValueError("prompt applies to generator 'diffusion' only")
+            return self
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError(
+                "generator 'diffusion' needs a prompt (e.g. 'a photo of a skier on a slope')"
+            )
+        if self.resolution % 8:
+            raise ValueError(
+                f"generator 'diffusion' needs a resolution that is a multiple of 8, got "
+                f"{self.resolution}"
+            )
         return self
 
     # --- derived ---------------------------------------------------------------------------

@@ -274,3 +274,19 @@ def generate_images(
         timings_ms={k: round(v, 1) for k, v in timings.items()},
     )
     return GenerationOutput(result, artifacts)
+
+
+def depth_painter(
+    pipelines: DiffusionPipelines, prompt: str, size: int, steps: int = 30
+) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A synthetic dataset's painter (``generator: diffusion``): ``(depth in metres, seed) ->``
+    a ``size``-pixel RGB image of ``prompt`` that follows the body's depth (the depth
+    ControlNet, as Diffusion-HPC's second pass)."""
+    generator = Generator(
+        pipelines, ImageGenerateRequest(prompt=prompt, width=size, height=size, steps=steps)
+    )
+
+    def paint(depth_m: np.ndarray, seed: int) -> np.ndarray:
+        return generator.depth(seed, depth_to_control(depth_m))
+
+    return paint

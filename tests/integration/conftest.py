@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from services.stack import LocalStack, StackConfig, StackError
+from services.stack import LocalStack, StackConfig
 from services.triton_server import TritonNotFound, find_tritonserver
 from tests.conftest import missing
+from tests.integration.stacks import started_stack
 
 
 def _require_triton() -> None:
@@ -51,26 +52,18 @@ class TritonServer:
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     _require_triton()
     var_dir = tmp_path_factory.mktemp("triton")
-    stack = LocalStack(StackConfig.with_free_ports(var_dir, components=["triton"]))
     start = time.monotonic()
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"tritonserver did not start: {exc}")
-    cfg = stack.config
-    server = TritonServer(
-        url=stack.triton_url,
-        http_url=f"http://{cfg.host}:{cfg.triton_http_port}",
-        metrics_url=f"http://{cfg.host}:{cfg.triton_metrics_port}/metrics",
-        var_dir=var_dir,
-        startup_s=time.monotonic() - start,
-        stack=stack,
-    )
-    try:
-        yield server
-    finally:
-        stack.down()
+    config = StackConfig.with_free_ports(var_dir, components=["triton"])
+    with started_stack(config, "tritonserver") as stack:
+        cfg = stack.config
+        yield TritonServer(
+            url=stack.triton_url,
+            http_url=f"http://{cfg.host}:{cfg.triton_http_port}",
+            metrics_url=f"http://{cfg.host}:{cfg.triton_metrics_port}/metrics",
+            var_dir=var_dir,
+            startup_s=time.monotonic() - start,
+            stack=stack,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +73,5 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     if redis_url is None and shutil.which("redis-server") is None:
         missing("redis-server not installed and BODYSERVE_TEST_REDIS_URL not set")
     var_dir = tmp_path_factory.mktemp("stack")
-    stack = LocalStack(StackConfig.with_free_ports(var_dir, redis_url=redis_url))
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the local stack did not start: {exc}")
-    try:
+    with started_stack(StackConfig.with_free_ports(var_dir, redis_url=redis_url)) as stack:
         yield stack
-    finally:
-        stack.down()

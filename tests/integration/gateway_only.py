@@ -12,11 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from services.common.keys import KeyStore
-from services.stack import LocalStack, StackConfig, StackError
+from services.stack import LocalStack, StackConfig
 from tests.conftest import missing
+from tests.integration.stacks import started_stack
 
 # No limits on the test key: the tests send many requests quickly, and jobs stay queued.
 KEYS_MODE_ENV = {
@@ -54,16 +53,8 @@ def gateway_only(var_dir: Path, **extra_env: str) -> Iterator[GatewayOnly]:
     config = StackConfig.with_free_ports(
         var_dir, components=["redis", "gateway"], extra_env={**KEYS_MODE_ENV, **extra_env}
     )
-    stack = LocalStack(config)
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the gateway did not start: {exc}")
-    try:
+    with started_stack(config, "the gateway") as stack:
         keys = KeyStore.from_url(stack.redis_url)
         _, token = keys.create("api-tests", rate_per_minute=0, max_concurrent=0)
         keys.redis.close()
         yield GatewayOnly(stack, token)
-    finally:
-        stack.down()

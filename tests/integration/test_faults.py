@@ -35,9 +35,10 @@ import httpx
 import pytest
 
 from services.common.jobs import LEASE_TTL_S, JobStore
-from services.stack import LocalStack, StackConfig, StackError, pid_alive, worker_name
+from services.stack import LocalStack, StackConfig, pid_alive, worker_name
 from services.triton_server import TritonNotFound, find_tritonserver
 from tests.conftest import missing
+from tests.integration.stacks import started_stack
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +76,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         queues=["mesh_recovery", "poses"],
         extra_env=dict(FAULT_ENV),
     )
-    local = LocalStack(config)
-    try:
-        local.up()
-    except StackError as exc:
-        local.down()
-        pytest.fail(f"the local stack did not start: {exc}")
-    try:
+    with started_stack(config, "the local stack") as local:
         yield local
-    finally:
-        local.down()
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.stack import LocalStack, StackConfig, StackError
+from services.stack import LocalStack, StackConfig
 from shared.diffusion.pipelines import STABLE_DIFFUSION_DIR
 from tests.integration.gateway_only import gateway_only
+from tests.integration.stacks import started_stack
 
 pytest.importorskip("diffusers")
 from shared.diffusion.tiny import build_tiny_pipelines
@@ -49,16 +50,8 @@ def image_stack(
             "BODYSERVE_TORCH_THREADS": "1",
         },
     )
-    stack = LocalStack(config)
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the image generation stack did not start: {exc}")
-    try:
+    with started_stack(config, "the image generation stack") as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 def _generate(client: httpx.Client, body: dict[str, Any], timeout_s: float = 180) -> dict:
@@ -141,3 +134,31 @@ def test_generate_end_to_end(image_stack: LocalStack) -> None:
     assert not np.array_equal(depth, other_depth)
     assert pictures[0] == pictures[1]
     assert pictures[0] != pictures[2]
+
+
+def test_a_dataset_painted_by_diffusion(image_stack: LocalStack, tmp_path: Path) -> None:
+    """generator "diffusion": the datasets route, chunks on the generation worker, the tiny
+    pipelines painting each sample over its body's depth; shards read back with webdataset."""
+    from shared.datasets.shards import iter_samples
+
+    spec = {"count": 3, "resolution": 64, "shard_size": 2, "seed": 4, "generator": "diffusion",
+            "prompt": "a person on a beach", "poses": {"source": "uniform"}}  # fmt: skip
+    with httpx.Client(base_url=image_stack.base_url, timeout=60) as client:
+        reply = client.post("/v1/datasets", json=spec)
+        assert reply.status_code == 202, reply.text
+        location = reply.headers["Location"]
+        deadline = time.monotonic() + 240
+        while (job := client.get(location).json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "succeeded", job
+        result = client.get(f"{location}/result").json()
+        keys = []
+        for name in result["shards"]:
+            (tmp_path / name).write_bytes(client.get(f"{location}/artifacts/{name}").content)
+            for sample in iter_samples(tmp_path / name):
+                keys.append(sample["key"])
+                assert sample["rgb"].shape == (64, 64, 3) and sample["mask"].any()
+        assert keys == ["00000000", "00000001", "00000002"]
+        card = client.get(f"{location}/artifacts/card.json").json()
+        assert any("painted by the Stable Diffusion" in line for line in card["licences"])

@@ -23,11 +23,12 @@ import pytest
 import torch
 import trimesh
 
-from services.stack import LocalStack, StackConfig, StackError
+from services.stack import LocalStack, StackConfig
 from services.triton_server import TritonNotFound, find_tritonserver
 from shared.schemas import BODY_PARTS, BODY_POSE_JOINTS, SKELETON_JOINTS
 from shared.settings import get_settings
 from tests.conftest import missing
+from tests.integration.stacks import started_stack
 
 pytestmark = pytest.mark.integration
 
@@ -79,16 +80,8 @@ def stack(
         model_repository=repository,
         models=models,
     )
-    local = LocalStack(config)
-    try:
-        local.up()
-    except StackError as exc:
-        local.down()
-        pytest.fail(f"the local stack did not start: {exc}")
-    try:
+    with started_stack(config, "the local stack") as local:
         yield local
-    finally:
-        local.down()
 
 
 @pytest.fixture(scope="module")

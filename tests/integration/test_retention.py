@@ -25,9 +25,10 @@ import redis
 
 from services.common.jobs import JobStatus, JobStore
 from services.common.retention import LOCK_KEY, cleanup
-from services.stack import LocalStack, StackConfig, StackError
+from services.stack import LocalStack, StackConfig
 from shared.settings import REPO_ROOT
 from shared.storage import LocalArtifactStore
+from tests.integration.stacks import started_stack
 
 pytestmark = pytest.mark.integration
 
@@ -194,16 +195,8 @@ def cleaning_worker(
             "BODYSERVE_CLEANUP_GRACE_S": "20",
         },
     )
-    stack = LocalStack(config)
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the worker did not start: {exc}")
-    try:
+    with started_stack(config, "the worker") as stack:
         yield stack, root
-    finally:
-        stack.down()
 
 
 def test_workers_delete_expired_artifacts_periodically(

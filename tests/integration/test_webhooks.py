@@ -33,8 +33,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.jobs import JobStore
 from services.common.keys import KeyStore
 from services.common.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
-from services.stack import LocalStack, StackConfig, StackError
+from services.stack import LocalStack, StackConfig
 from shared.settings import REPO_ROOT
+from tests.integration.stacks import started_stack
 
 pytestmark = pytest.mark.integration
 
@@ -142,16 +143,8 @@ def keys_stack(
             "BODYSERVE_ARTIFACT_DIR": str(var_dir / "artifacts"),
         },
     )
-    stack = LocalStack(config)
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the keys-mode gateway and worker did not start: {exc}")
-    try:
+    with started_stack(config, "the keys-mode gateway and worker") as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")

@@ -153,3 +153,35 @@ def test_cli_generates_and_resumes(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"count": 5, "resolution": 9999}))
     refused = CliRunner().invoke(app, ["dataset", "generate", str(bad)])
     assert refused.exit_code != 0 and "resolution" in refused.output
+
+
+def test_diffusion_generator_paints_over_the_bodys_depth(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    from shared.datasets.shards import decode_record
+    from shared.diffusion.loop import depth_painter
+    from shared.diffusion.pipelines import load_pipelines
+    from shared.diffusion.tiny import build_tiny_pipelines
+
+    pipelines = load_pipelines(build_tiny_pipelines(tmp_path / "weights"))
+    spec = _spec(generator="diffusion", prompt="a person", resolution=64)
+    seen: list[np.ndarray] = []
+    paint = depth_painter(pipelines, "a person", 64, steps=2)
+
+    def painter(depth: np.ndarray, seed: int) -> np.ndarray:
+        seen.append(depth)
+        return paint(depth, seed)
+
+    painted = decode_record(DatasetMaker(spec, painter=painter).samples([1])[0])
+    rendered = decode_record(DatasetMaker(_spec(resolution=64)).samples([1])[0])
+    assert painted["rgb"].shape == (64, 64, 3)
+    assert np.abs(painted["rgb"].astype(int) - rendered["rgb"]).mean() > 10  # painted, not drawn
+    # The labels, mask and depth are the body's, and that depth is what the painter followed.
+    assert painted["labels"]["joints3d"] == rendered["labels"]["joints3d"]
+    assert (painted["mask"] == rendered["mask"]).all()
+    assert np.abs(seen[0] - painted["depth"]).max() <= 0.5e-3
+    again = decode_record(DatasetMaker(spec, painter=painter).samples([1])[0])
+    assert (again["rgb"] == painted["rgb"]).all()
+    with pytest.raises(ValidationError, match="needs a prompt"):
+        _spec(generator="diffusion")
+    with pytest.raises(ValueError, match="needs a painter"):
+        DatasetMaker(spec)

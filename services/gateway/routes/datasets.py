@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import accept_job
 from shared.datasets.spec import DatasetSpec, SpecError, check_inputs
+from shared.diffusion.pipelines import DiffusionUnavailable, check_model_dir
 from shared.schemas import JobInfo
 from shared.settings import get_settings
 
@@ -44,17 +45,12 @@ async def create_dataset(
 ) -> JSONResponse | JobInfo:
     """Generate ``count`` labelled images of people (see the README's "Synthetic datasets")."""
     if spec.generator == "diffusion":
-        settings = get_settings()
-        if settings.diffusion_model_dir is None:
+        try:
+            check_model_dir(get_settings().diffusion_model_dir)
+        except DiffusionUnavailable as exc:
             raise ApiError(
-                503,
-                "generator 'diffusion' needs Stable Diffusion and ControlNet weights in a local "
-                "folder: set BODYSERVE_DIFFUSION_MODEL_DIR (none is configured here); "
-                "generator 'render' needs none",
-            )
-        raise ApiError(
-            503, "generator 'diffusion' is not available for datasets in this version yet"
-        )
+                503, f"generator 'diffusion': {exc}; generator 'render' needs no weights"
+            ) from exc
     try:
         await run_in_threadpool(check_inputs, spec)
     except SpecError as exc:

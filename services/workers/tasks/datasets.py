@@ -88,7 +88,17 @@ def _prior_sampler(seeds: Any) -> Any:
 def _maker(job_id: str, spec_json: str) -> DatasetMaker:
     """One maker per dataset and worker process: mocap poses and backgrounds are read once."""
     spec = DatasetSpec.model_validate_json(spec_json)
-    return DatasetMaker(spec, prior=_prior_sampler, cache_dir=get_settings().var_dir / "cache")
+    painter = None
+    if spec.generator == "diffusion":
+        from shared.diffusion.loop import depth_painter
+        from shared.diffusion.pipelines import load_pipelines
+
+        assert spec.prompt is not None  # the spec says so
+        pipelines = load_pipelines(get_settings().diffusion_model_dir)
+        painter = depth_painter(pipelines, spec.prompt, spec.resolution)
+    return DatasetMaker(
+        spec, prior=_prior_sampler, cache_dir=get_settings().var_dir / "cache", painter=painter
+    )
 
 
 def _spec(store: JobStore, job_id: str) -> tuple[DatasetSpec, str] | None:
