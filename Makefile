@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PHOTO ?= ../shared/data/photos/codait_yogait_t6.jpg
 OUT ?= out
 
-.PHONY: setup demo test test-unit lint bench bench-prior bench-lifting bench-load train-prior down clean
+.PHONY: setup demo test test-unit lint bench bench-prior bench-lifting bench-load bench-datasets train-prior down clean
 
 setup:
 	./scripts/setup.sh
@@ -37,6 +37,12 @@ bench-lifting: setup
 # 240 jobs from 32 concurrent clients on a local stack it starts and stops: lost, duplicated, p50/p99.
 bench-load: setup
 	$(BIN)/python bench/load.py --jobs 240 --clients 32 --json $(OUT)/bench_load.json
+
+# Synthetic datasets: images/s per worker at 256² and 512², labels checked; then a 2,000-image
+# job through a local stack with two dataset workers, every label checked.
+bench-datasets: setup
+	$(BIN)/python bench/datasets.py throughput --images 256 --check 300 --json $(OUT)/bench_datasets.json
+	$(BIN)/python bench/datasets.py job --images 2000 --workers 2 --json $(OUT)/bench_dataset_job.json
 
 # Trains the pose prior on the shared CMU mocap and publishes it as the next pose_prior version.
 train-prior: setup
