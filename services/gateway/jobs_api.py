@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
@@ -13,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.commands.core import AsyncScript
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +32,7 @@ from services.common.jobs import (
 from services.common.keys import Principal, RateLimited, submission_limiter
 from services.common.stores import artifact_store, job_store
 from services.gateway.auth import current_principal
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, error_responses
 from services.gateway.idempotency import (
     REPLAYED_HEADER,
     Binding,
@@ -68,6 +70,20 @@ def idempotency_keys() -> IdempotencyKeys:
     if _idempotency_keys is None:
         _idempotency_keys = IdempotencyKeys(async_redis(), get_settings().idempotency_ttl_s)
     return _idempotency_keys
+
+
+def job_responses(
+    result: type[BaseModel] | None, errors: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` of a route that submits a job: 202 with the job, 200 with the
+    ``result`` when it ends within ``?wait=SECONDS``, and the route's own ``errors`` (the
+    errors every submission may answer are documented where the routers are included)."""
+    responses: dict[int | str, dict[str, Any]] = {
+        202: {"model": JobInfo, "description": "Accepted; poll the Location header."}
+    }
+    if result is not None:
+        responses[200] = {"model": result, "description": "Finished within ?wait=SECONDS."}
+    return responses | error_responses(errors or {})
 
 
 def submit_job(

@@ -19,10 +19,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.render.backgrounds import BackgroundError, BackgroundFolder
 from shared.settings import get_settings
 
 PHENOTYPES: tuple[str, ...] = ("gender", "age", "muscle", "weight", "height", "proportions")
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 1024
 MAX_SHARD_SIZE = 5000
@@ -285,22 +285,14 @@ def resolve_input_folder(relative: str, what: str, root: Path | None = None) -> 
     return folder
 
 
-def background_images(folder: Path) -> list[Path]:
-    """The images of a background folder, sorted (so that a seed picks the same ones)."""
-    images = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not images:
-        raise SpecError(
-            f"the background folder {folder.name!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-        )
-    return images
-
-
 def check_inputs(spec: DatasetSpec, root: Path | None = None) -> None:
     """Check the spec's folders now (the gateway does, so that a bad folder is a 4xx at once)."""
     if spec.poses.source == "mocap":
         resolve_input_folder(spec.poses.folder or "mocap", "poses.folder", root)
     if spec.backgrounds.source == "folder":
         assert spec.backgrounds.folder is not None
-        background_images(resolve_input_folder(spec.backgrounds.folder, "backgrounds.folder", root))
+        folder = resolve_input_folder(spec.backgrounds.folder, "backgrounds.folder", root)
+        try:
+            BackgroundFolder(folder)  # scans it as the workers will: images, readable headers
+        except BackgroundError as exc:
+            raise SpecError(str(exc)) from exc

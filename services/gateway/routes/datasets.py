@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.errors import ApiError
-from services.gateway.jobs_api import accept_job
+from services.gateway.jobs_api import accept_job, job_responses
 from shared.datasets.spec import DatasetSpec, SpecError, check_inputs
 from shared.diffusion.pipelines import DiffusionUnavailable, check_model_dir
 from shared.schemas import JobInfo
@@ -28,14 +28,14 @@ router = APIRouter(prefix="/v1", tags=["datasets"])
     "/datasets",
     status_code=202,
     response_model=JobInfo,
-    responses={
-        202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
-        422: {"description": "Invalid spec; the message says what to fix."},
-        503: {
-            "description": "generator 'diffusion' without configured weights, or the job "
-            "queue is unavailable."
+    responses=job_responses(
+        None,
+        {
+            422: "Invalid spec; the message says what to fix.",
+            503: "generator 'diffusion' without configured weights, or the job queue is "
+            "unavailable.",
         },
-    },
+    ),
 )
 async def create_dataset(
     spec: DatasetSpec,

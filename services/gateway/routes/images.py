@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.errors import ApiError
-from services.gateway.jobs_api import accept_job
+from services.gateway.jobs_api import accept_job, job_responses
 from shared.diffusion.pipelines import DiffusionUnavailable, check_model_dir
 from shared.diffusion.schemas import ImageGenerateRequest, ImageGenerateResult
 from shared.schemas import JobInfo
@@ -42,14 +42,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "/images/generate",
     status_code=202,
     response_model=JobInfo | ImageGenerateResult,
-    responses={
-        200: {"model": ImageGenerateResult, "description": "Finished within ?wait=SECONDS."},
-        202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
-        503: {
-            "description": "No weights configured (BODYSERVE_DIFFUSION_MODEL_DIR), a piece of "
-            "them missing (the message says which), or the job queue is unavailable."
+    responses=job_responses(
+        ImageGenerateResult,
+        {
+            503: "No weights configured (BODYSERVE_DIFFUSION_MODEL_DIR), a piece of them "
+            "missing (the message says which), or the job queue is unavailable."
         },
-    },
+    ),
 )
 async def generate_images(
     body: Annotated[ImageGenerateRequest, Body(openapi_examples=EXAMPLES)],

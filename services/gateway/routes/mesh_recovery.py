@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from services.common.stores import UPLOAD_NAME
 from services.gateway.deps import settings
-from services.gateway.errors import ApiError, error_responses
-from services.gateway.jobs_api import accept_job
+from services.gateway.errors import ApiError
+from services.gateway.jobs_api import accept_job, job_responses
 from shared.io.images import ImageError, decode_image
 from shared.schemas import (
     DEFAULT_OUTPUTS,
@@ -58,20 +58,17 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     "/mesh-recovery",
     status_code=202,
     response_model=JobInfo | MeshRecoveryResult,
-    responses={
-        200: {"model": MeshRecoveryResult, "description": "Finished within ?wait=SECONDS."},
-        202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
-        **error_responses(
-            {
-                400: "Not a readable multipart form, or more fields or files than a mesh-"
-                "recovery request has.",
-                413: "The upload is over BODYSERVE_MAX_UPLOAD_BYTES, or the image over "
-                "BODYSERVE_MAX_IMAGE_PIXELS / BODYSERVE_MAX_IMAGE_SIDE.",
-                415: "Not an image in a supported format.",
-                422: "A damaged image, a missing image, or invalid options.",
-            }
-        ),
-    },
+    responses=job_responses(
+        MeshRecoveryResult,
+        {
+            400: "Not a readable multipart form, or more fields or files than a mesh-recovery "
+            "request has.",
+            413: "The upload is over BODYSERVE_MAX_UPLOAD_BYTES, or the image over "
+            "BODYSERVE_MAX_IMAGE_PIXELS / BODYSERVE_MAX_IMAGE_SIDE.",
+            415: "Not an image in a supported format.",
+            422: "A damaged image, a missing image, or invalid options.",
+        },
+    ),
     # The form holds one image and a handful of short options: refuse anything bigger while
     # it is parsed (400), not after.
     form_limits={"max_files": 1, "max_fields": 16, "max_part_size": 1024},

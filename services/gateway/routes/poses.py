@@ -13,9 +13,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from services.gateway.jobs_api import accept_job
+from services.gateway.jobs_api import accept_job, job_responses
 from shared.schemas import (
     JobInfo,
     MotionDenoiseRequest,
@@ -71,20 +70,11 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def _responses(result: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    # The errors every submission may answer (401, 409, 413, 422, 429, 503) are documented
-    # where the routers are included (app.py).
-    return {
-        200: {"model": result, "description": "Finished within ?wait=SECONDS."},
-        202: {"model": JobInfo, "description": "Accepted; poll the Location header."},
-    }
-
-
 @router.post(
     "/poses/generate",
     status_code=202,
     response_model=JobInfo | PoseGenerateResult,
-    responses=_responses(PoseGenerateResult),
+    responses=job_responses(PoseGenerateResult),
 )
 async def generate_poses(
     body: Annotated[PoseGenerateRequest, Body(openapi_examples=EXAMPLES["generate"])],
@@ -102,7 +92,7 @@ async def generate_poses(
     "/poses/complete",
     status_code=202,
     response_model=JobInfo | PoseCompleteResult,
-    responses=_responses(PoseCompleteResult),
+    responses=job_responses(PoseCompleteResult),
 )
 async def complete_pose(
     body: Annotated[PoseCompleteRequest, Body(openapi_examples=EXAMPLES["complete"])],
@@ -121,7 +111,7 @@ async def complete_pose(
     "/poses/lift",
     status_code=202,
     response_model=JobInfo | PoseLiftResult,
-    responses=_responses(PoseLiftResult),
+    responses=job_responses(PoseLiftResult),
 )
 async def lift_poses(
     body: Annotated[PoseLiftRequest, Body(openapi_examples=EXAMPLES["lift"])],
@@ -141,7 +131,7 @@ async def lift_poses(
     "/motions/denoise",
     status_code=202,
     response_model=JobInfo | MotionDenoiseResult,
-    responses=_responses(MotionDenoiseResult),
+    responses=job_responses(MotionDenoiseResult),
 )
 async def denoise_motion(
     body: Annotated[MotionDenoiseRequest, Body(openapi_examples=EXAMPLES["denoise"])],

@@ -101,7 +101,7 @@ def _maker(job_id: str, spec_json: str) -> DatasetMaker:
     )
 
 
-def _spec(store: JobStore, job_id: str) -> tuple[DatasetSpec, str] | None:
+def _spec(store: JobStore, job_id: str) -> DatasetSpec | None:
     """The job's spec, or None when the job has no record or has ended."""
     try:
         job = store.get(job_id)
@@ -109,8 +109,7 @@ def _spec(store: JobStore, job_id: str) -> tuple[DatasetSpec, str] | None:
         return None
     if job.status.terminal:
         return None
-    spec = DatasetSpec.model_validate(job.options["spec"])
-    return spec, spec.model_dump_json()
+    return DatasetSpec.model_validate(job.options["spec"])
 
 
 def _worker_name(task: Task) -> str:
@@ -126,8 +125,9 @@ def _retry_options() -> dict[str, Any]:
     return {
         "bind": True,
         "autoretry_for": TRANSIENT_ERRORS,
-        "retry_backoff": 2,
-        "retry_backoff_max": 30,
+        # The job tasks' backoff (shared.settings), in Celery's autoretry terms.
+        "retry_backoff": get_settings().job_retry_backoff_s,
+        "retry_backoff_max": get_settings().job_retry_backoff_max_s,
         "retry_jitter": True,
         "max_retries": get_settings().job_max_retries,
     }
@@ -136,10 +136,9 @@ def _retry_options() -> dict[str, Any]:
 @app.task(name="bodyserve.dataset_generation", **_retry_options())
 def dataset_generation(self: Task, job_id: str) -> str:
     store = worker_job_store()
-    found = _spec(store, job_id)
-    if found is None:
+    spec = _spec(store, job_id)
+    if spec is None:
         return "ended"
-    spec, _ = found
     if store.get(job_id).status is JobStatus.queued:
         store.start(job_id, _worker_name(self))
         store.progress(job_id, 0.0, f"0/{spec.chunks} chunks, 0/{spec.count} images")
@@ -176,10 +175,9 @@ def _report(store: JobStore, job_id: str, spec: DatasetSpec, done: list[int]) ->
 )
 def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
     store = worker_job_store()
-    found = _spec(store, job_id)
-    if found is None:
+    spec = _spec(store, job_id)
+    if spec is None:
         return "ended"
-    spec, spec_json = found
     done_key = JobStore.key(job_id, "chunks_done")
     if store.redis.sismember(done_key, str(chunk)):
         return "done before"
@@ -194,7 +192,7 @@ def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
 
     try:
         with LeaseHeartbeat(store, lease, owner):
-            report = _maker(job_id, spec_json).make_chunk(sink, chunk, progress)
+            report = _maker(job_id, spec.model_dump_json()).make_chunk(sink, chunk, progress)
             with store.redis.pipeline() as pipe:
                 pipe.sadd(done_key, chunk)
                 pipe.expire(done_key, get_settings().result_ttl_s)
@@ -234,22 +232,21 @@ def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
 @app.task(name=FINISH_TASK, **_retry_options())
 def dataset_finish(self: Task, job_id: str) -> str:
     store = worker_job_store()
-    found = _spec(store, job_id)
-    if found is None:
+    spec = _spec(store, job_id)
+    if spec is None:
         return "ended"
-    spec, spec_json = found
     lease, owner = f"{job_id}-fin", _worker_name(self)
     if not store.acquire_lease(lease, owner):
         return "running elsewhere"
     try:
         with LeaseHeartbeat(store, lease, owner):
-            return _finish(store, job_id, spec, spec_json)
+            return _finish(store, job_id, spec)
     finally:
         store.release_lease(lease, owner)
 
 
-def _finish(store: JobStore, job_id: str, spec: DatasetSpec, spec_json: str) -> str:
-    maker = _maker(job_id, spec_json)
+def _finish(store: JobStore, job_id: str, spec: DatasetSpec) -> str:
+    maker = _maker(job_id, spec.model_dump_json())
     job = store.get(job_id)
     elapsed = time.time() - (job.started_at or job.created_at)
     stats = {"seconds": round(elapsed, 1), "images_per_second": round(spec.count / elapsed, 2)}
