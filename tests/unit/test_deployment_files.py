@@ -1101,7 +1101,8 @@ def test_seed_model_repository_script(tmp_path: Path) -> None:
     assert seed() == [], "a second run writes nothing"
 
     # A published version and the rejected ones stay; code changed in the volume is restored.
-    published = target / "pose_prior" / "2" / "prior.pt"
+    shipped = [int(p.name) for p in (target / "pose_prior").iterdir() if p.name.isdigit()]
+    published = target / "pose_prior" / str(max(shipped) + 1) / "prior.pt"
     published.parent.mkdir()
     published.write_bytes(b"trained")
     (target / "pose_prior" / ".rejected").mkdir()
