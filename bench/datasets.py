@@ -131,7 +131,7 @@ def job(
 
     import httpx
 
-    from services.stack import CELERY_APP, LocalStack, StackConfig
+    from services.tools.local_stack import CELERY_APP, LocalStack, StackConfig
     from shared.datasets.check import check_sample
     from shared.datasets.shards import iter_samples
 

@@ -78,7 +78,7 @@ from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
 from shared.bodies.smplx_convention import PARALLEL_GROUPS, SMPLX_TO_ANNY, anny_to_smplx
 from shared.fitting.fit import BodyFitter
 from shared.fitting.losses import person_scale, project
-from shared.inference import FitInputs, FitOutputs, PriorChoice
+from shared.inference.contracts import FitInputs, FitOutputs, PriorChoice
 from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
 from shared.lifting.lift import lift
 from shared.lifting.summary import summarise

@@ -608,7 +608,7 @@ def main(
 
     stack = None
     if url is None:
-        from services.stack import LocalStack, StackConfig
+        from services.tools.local_stack import LocalStack, StackConfig
 
         var_dir = Path(tempfile.mkdtemp(prefix="bodyserve-load-"))
         stack = LocalStack(StackConfig.with_free_ports(var_dir))

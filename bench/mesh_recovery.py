@@ -25,10 +25,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.inference import InProcessBackend
+from shared.inference.local import InProcessBackend
 from shared.io.images import decode_image
 from shared.pipeline.mesh_recovery import recover
-from shared.schemas import MeshRecoveryOptions
+from shared.schemas.mesh_recovery import MeshRecoveryOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 console = Console()
@@ -78,7 +78,7 @@ def main(
         raise typer.BadParameter(f"no photos in {data}")
     stack = None
     if url is None:
-        from services.stack import LocalStack, StackConfig
+        from services.tools.local_stack import LocalStack, StackConfig
 
         var_dir = Path(tempfile.mkdtemp(prefix="bodyserve-bench-"))
         stack = LocalStack(StackConfig.with_free_ports(var_dir))

@@ -60,10 +60,10 @@ from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, SMPLX_TO_ANNY
 from shared.fitting.fit import BodyFitter
 from shared.fitting.losses import project
-from shared.inference import FitInputs
+from shared.inference.contracts import FitInputs
 from shared.mocap.dataset import PoseDataset
 from shared.prior import PosePrior, complete, generate
-from shared.prior.poses import anny_pose_from_smplx, skeleton_joints
+from shared.prior.pose_outputs import anny_pose_from_smplx, skeleton_joints
 
 console = Console()
 

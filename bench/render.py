@@ -51,8 +51,8 @@ from shared.render.anny_scene import (
 )
 from shared.render.appearance import sample_lighting
 from shared.render.backgrounds import procedural_background
-from shared.render.overlay import MeshRenderer
 from shared.render.parts import BODY_PARTS
+from shared.render.renderer import MeshRenderer
 from shared.render.scene import SceneImage, camera_from_fov, render_scene
 
 console = Console(width=110)

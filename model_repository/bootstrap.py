@@ -1,7 +1,7 @@
 """Makes ``shared.*`` importable inside Triton's python-backend stub (shared by every model).
 
 The stub embeds Python in isolated mode, which ignores ``PYTHONPATH``: honour it here
-(``services.triton_server.triton_env`` puts the repo root there), and fall back to the
+(``services.tools.triton_launcher.triton_env`` puts the repo root there), and fall back to the
 repository that holds this model repository. Each ``model.py`` loads this file by path,
 before importing the project.
 """

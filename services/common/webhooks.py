@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily
 from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 from services.common.jobs import PREFIX, Job, JobStatus, JobStore
-from shared.schemas import JobInfo, WebhookDelivery
+from services.gateway.schemas import JobInfo, WebhookDelivery
 from shared.settings import Settings
 
 EVENT_ID_HEADER = "Bodyserve-Event-Id"

@@ -16,7 +16,7 @@ from services.gateway.errors import error_responses
 from services.gateway.limits import MULTIPART_OVERHEAD_BYTES, BodyLimit, BodySizeLimit
 from services.gateway.metrics import RedisJobCollector, RequestMetrics, registry
 from services.gateway.routes import datasets, health, images, jobs, mesh_recovery, poses
-from shared.schemas import ErrorBody
+from services.gateway.schemas import ErrorBody
 
 log = logging.getLogger("bodyserve.gateway")
 

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.schemas import ErrorBody
+from services.gateway.schemas import ErrorBody
 
 # FastAPI's detail for a body it could not parse (fastapi.routing, request handling).
 FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"

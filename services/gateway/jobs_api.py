@@ -42,9 +42,9 @@ from services.gateway.idempotency import (
     mismatch,
 )
 from services.gateway.metrics import JOBS_SUBMITTED
+from services.gateway.schemas import JobInfo
 from services.workers.celery_app import QUEUES, TASKS
 from services.workers.celery_app import app as celery_app
-from shared.schemas import JobInfo
 from shared.settings import get_settings
 from shared.storage import ArtifactStore
 

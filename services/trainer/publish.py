@@ -8,7 +8,7 @@ Protocol (:func:`publish_prior`), under a lock file so two publishers never race
 2. if the newest published version holds the same ``prior.pt`` (sha256), publish nothing: a
    rerun of a finished job is a no-op apart from the Triton reload;
 3. write ``model.py`` (a copy of ``pose_prior/model.py``; the logic lives in
-   :mod:`shared.prior.tasks`), ``prior.pt`` and ``record.json`` into a hidden staging folder
+   :mod:`shared.prior.rows`), ``prior.pt`` and ``record.json`` into a hidden staging folder
    ``pose_prior/.staging-<N>-<pid>`` (Triton skips hidden folders), validate it in-process
    (load, run the three tasks, check finite), then rename it to ``pose_prior/<N>`` (atomic);
 4. with a Triton URL: ask Triton (explicit model control) to load ``pose_prior`` again and
@@ -153,7 +153,7 @@ def validate_version_dir(version_dir: Path, rows: int = 2, steps: int = 4) -> No
     """Loads the folder's prior and runs every task on a few rows; raises ``ValueError`` when a
     result is not finite or not (rows, 21, 3), and whatever loading raises."""
     from shared.prior.model import PosePrior
-    from shared.prior.tasks import PriorTask, run_prior_rows
+    from shared.prior.rows import PriorTask, run_prior_rows
 
     prior = PosePrior.load(version_dir / PRIOR_FILENAME)
     seeds = np.arange(rows, dtype=np.int64)

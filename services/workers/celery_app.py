@@ -114,7 +114,7 @@ def _load_models(**_: object) -> None:
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    from services.workers.tasks.common import warm_up
+    from services.workers.lifecycle import warm_up
 
     warm_up()
 

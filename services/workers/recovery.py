@@ -179,7 +179,7 @@ def requeue_orphans(
     holds no lease and has no message anywhere, at two passes at least ``orphan_after_s / 4``
     apart (a message moving from the queue to a worker is in neither for an instant).
     """
-    from services.workers.tasks.common import JOB_TASK_NAMES
+    from services.workers.lifecycle import JOB_TASK_NAMES
 
     now = time.time()
     candidates = []

@@ -88,7 +88,7 @@ def place_bodies(
     (B, 6), turn each into its camera and place it in a ``size``-pixel square image."""
     from shared.bodies.anny_model import get_anny
     from shared.bodies.smplx_convention import anny_to_smplx, posed_body_joints
-    from shared.prior.poses import anny_pose_from_smplx
+    from shared.prior.pose_outputs import anny_pose_from_smplx
 
     body = get_anny()
     anny = anny_pose_from_smplx(body_pose, phenotype=phenotype)

@@ -24,7 +24,9 @@ import numpy as np
 from PIL import Image
 
 from shared.diffusion.pipelines import DiffusionPipelines
-from shared.diffusion.schemas import (
+from shared.inference.contracts import InferenceBackend
+from shared.pipeline.mesh_recovery import RecoveryOutput, default_camera, recover
+from shared.schemas.images import (
     GeneratedImage,
     ImageGenerateRequest,
     ImageGenerateResult,
@@ -33,9 +35,7 @@ from shared.diffusion.schemas import (
     first_pass_name,
     image_name,
 )
-from shared.inference import InferenceBackend
-from shared.pipeline.mesh_recovery import RecoveryOutput, default_camera, recover
-from shared.schemas import MeshRecoveryOptions
+from shared.schemas.mesh_recovery import MeshRecoveryOptions
 
 ProgressCallback = Callable[[float, str], None]
 Conditioning = Literal["none", "pose", "depth", "recovered_body"]
@@ -85,7 +85,7 @@ def pose_depth(request: ImageGenerateRequest) -> np.ndarray:
     ControlNet depth."""
     from shared.bodies.anny_model import get_anny
     from shared.render.anny_scene import place_in_view, pose_anny
-    from shared.render.overlay import render_layers
+    from shared.render.renderer import render_layers
 
     assert request.guidance is not None and request.guidance.pose is not None
     pose = request.guidance.pose
@@ -121,7 +121,7 @@ def user_depth(request: ImageGenerateRequest) -> np.ndarray:
 def recovered_depth(recovery: RecoveryOutput, height: int, width: int) -> np.ndarray:
     """The recovered bodies' depth, seen through the camera recovery used: (H, W) uint8."""
     from shared.bodies.anny_model import get_anny
-    from shared.render.overlay import render_layers
+    from shared.render.renderer import render_layers
 
     assert recovery.fit is not None
     faces = get_anny().faces

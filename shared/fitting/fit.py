@@ -44,7 +44,7 @@ from shared.fitting.losses import (
     reprojection_loss,
     weighted_centre,
 )
-from shared.inference import PRIOR_CHOICES, FitInputs, FitOutputs, PriorChoice
+from shared.inference.contracts import PRIOR_CHOICES, FitInputs, FitOutputs, PriorChoice
 
 if TYPE_CHECKING:
     from shared.prior.model import PosePrior

@@ -17,23 +17,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from shared.bodies.joint_names import SKELETON_JOINTS
 from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
-from shared.inference import FitInputs, FitOutputs, InferenceBackend, LiftInputs, LiftOutputs
+from shared.inference.contracts import (
+    FitInputs,
+    FitOutputs,
+    InferenceBackend,
+    LiftInputs,
+    LiftOutputs,
+)
 from shared.keypoints.formats import MEDIAPIPE33, PersonKeypoints
 from shared.lifting.summary import AMBIGUOUS_SPREAD_MM, HypothesisSummary, summarise
-from shared.schemas import ARTIFACT_OF as _ARTIFACT_OF
-from shared.schemas import (
-    CONTENT_TYPES,
-    SKELETON_JOINTS,
-    AnnyParams,
-    Camera,
+from shared.schemas.artifacts import ARTIFACT_OF as _ARTIFACT_OF
+from shared.schemas.artifacts import CONTENT_TYPES, Output
+from shared.schemas.bodies import AnnyParams, Camera, SmplxParams
+from shared.schemas.lifting import LiftedFrame
+from shared.schemas.mesh_recovery import (
     HypothesisSampling,
-    LiftedFrame,
     MeshRecoveryOptions,
     MeshRecoveryResult,
-    Output,
     PersonResult,
-    SmplxParams,
 )
 from shared.settings import get_settings
 
@@ -88,7 +91,7 @@ def lift_inputs(
 ) -> LiftInputs:
     """Every person's detected body keypoints as one lifting batch (S = people, T = 1), with
     the camera of the fit; person i samples with seed + i."""
-    from shared.pipeline.poses import to_lift_keypoints
+    from shared.pipeline.pose_jobs import to_lift_keypoints
 
     body = np.stack([p.body for p in people]).astype(np.float32)
     return LiftInputs(
@@ -223,7 +226,7 @@ def recover(
 
 def _sampled_bodies(lifted: LiftOutputs) -> list[LiftedFrame]:
     """Each person's hypotheses and their summary, as the lift route gives them."""
-    from shared.pipeline.poses import lifted_frames
+    from shared.pipeline.pose_jobs import lifted_frames
 
     frames: list[LiftedFrame] = []
     for i in range(lifted.joints.shape[0]):
@@ -364,7 +367,7 @@ def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.
 
 def _npz_hypotheses(lifted: LiftOutputs, summary: HypothesisSummary) -> dict[str, np.ndarray]:
     """The hypotheses as (P, N, ...) arrays, SMPL-X convention, camera frame."""
-    from shared.prior.poses import _pelvis_rest
+    from shared.prior.pose_outputs import _pelvis_rest
 
     people, n = lifted.joints.shape[0], lifted.joints.shape[2]
     return {
@@ -406,7 +409,7 @@ def _spread_png(
 
 
 def _overlay_png(image: np.ndarray, meshes: list, camera: np.ndarray) -> bytes:
-    from shared.render.overlay import render_overlay
+    from shared.render.renderer import render_overlay
 
     picture = image
     if meshes:

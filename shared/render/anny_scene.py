@@ -25,7 +25,7 @@ from shared.bodies.limits import HINGES, MAX_ANGLE_DEG, limit_violations
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, smplx_to_anny, tpose_joints
 from shared.render.appearance import anny_regions, sample_anny_material, sample_lighting
 from shared.render.backgrounds import Backgrounds
-from shared.render.overlay import Camera
+from shared.render.renderer import Camera
 from shared.render.scene import SceneBody, SceneImage, render_scene
 
 __all__ = [

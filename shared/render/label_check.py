@@ -1,7 +1,7 @@
 """Are rendered labels exact? An independent CPU ray cast against the meshes, and the checks.
 
 The renderer's labels (:func:`~shared.render.scene.render_scene`'s ``mask``, ``depth``,
-``face``, ``parts``, or :func:`~shared.render.overlay.render_layers`') are sampled at pixel
+``face``, ``parts``, or :func:`~shared.render.renderer.render_layers`') are sampled at pixel
 centres. Here the same quantities are computed without OpenGL: for a point ``(u, v)`` of the
 image, every triangle whose projection contains it (2D edge functions in float64), with the
 perspective-correct depth ``1 / sum(lambda_i / Z_i)`` of the surface point on the ray through

@@ -18,7 +18,7 @@ and returns, from one EGL context and two passes over the same geometry:
 
 ``mask``, ``depth``, ``parts`` and ``face`` are sampled at pixel centres without antialiasing,
 so each label is exactly what the mesh shows there. Conventions are those of
-:mod:`shared.render.overlay`: vertices in the OpenCV camera frame (x right, y down, z ahead,
+:mod:`shared.render.renderer`: vertices in the OpenCV camera frame (x right, y down, z ahead,
 metres), ``camera = (fx, fy, cx, cy)`` in pixels with integer coordinates at pixel centres.
 Wide or narrow fields of view are just intrinsics (:func:`camera_from_fov`); there is no lens
 distortion.
@@ -41,7 +41,8 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-from shared.render.overlay import (
+from shared.render.parts import face_parts
+from shared.render.renderer import (
     Camera,
     _check_camera,
     _check_size,
@@ -50,7 +51,6 @@ from shared.render.overlay import (
     _round_up,
     vertex_normals,
 )
-from shared.render.parts import face_parts
 
 __all__ = [
     "PATTERNS",
@@ -80,7 +80,7 @@ _ATTRIBUTES: Final[tuple[str, ...]] = (
 )
 _FLOATS_PER_VERTEX: Final[int] = 21
 
-# Clip coordinates straight from the intrinsics, as in shared.render.overlay (see there):
+# Clip coordinates straight from the intrinsics, as in shared.render.renderer (see there):
 # window x = (fx X / Z + cx + 0.5) in pixels, y down, and w = Z, so 1 / gl_FragCoord.w = Z.
 _CLIP = """
 uniform vec4 u_intr;  // fx, fy, cx + 0.5, cy + 0.5

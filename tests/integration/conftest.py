@@ -3,7 +3,7 @@
 - ``local_stack``: the whole local stack (Redis, Triton, one Celery worker per queue, the
   gateway), session-scoped. Its own ``redis-server`` unless ``BODYSERVE_TEST_REDIS_URL`` names
   one to use (then pick a database of its own, e.g. ``redis://host:6379/7``: the queues and
-  job keys are not namespaced per stack). Yields a :class:`services.stack.LocalStack`:
+  job keys are not namespaced per stack). Yields a :class:`services.tools.local_stack.LocalStack`:
   ``base_url``, ``redis_url``, ``triton_url``, ``var_dir``, ``env()``, ``kill_worker(queue)``,
   ``start_worker(queue)``, ``restart_worker(queue)``, ``status()``.
 - ``triton_server``: Triton alone (lighter), session-scoped; yields a :class:`TritonServer`.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from services.stack import LocalStack, StackConfig
-from services.triton_server import TritonNotFound, find_tritonserver
+from services.tools.local_stack import LocalStack, StackConfig
+from services.tools.triton_launcher import TritonNotFound, find_tritonserver
 from tests.conftest import missing
 from tests.integration.stacks import started_stack
 

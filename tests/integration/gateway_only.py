@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.keys import KeyStore
-from services.stack import LocalStack, StackConfig
+from services.tools.local_stack import LocalStack, StackConfig
 from tests.conftest import missing
 from tests.integration.stacks import started_stack
 

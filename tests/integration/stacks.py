@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from services.stack import LocalStack, StackConfig, StackError
+from services.tools.local_stack import LocalStack, StackConfig, StackError
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import redis
 
 from services.common.jobs import JobStatus, JobStore
 from services.common.keys import KeyStore
-from services.stack import free_ports
+from services.tools.local_stack import free_ports
 from shared.settings import REPO_ROOT
 from shared.storage import LocalArtifactStore
 

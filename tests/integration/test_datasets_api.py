@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.stack import CELERY_APP
+from services.tools.local_stack import CELERY_APP
 from shared.datasets.check import check_sample
 from shared.datasets.shards import iter_samples
 

@@ -35,8 +35,8 @@ import httpx
 import pytest
 
 from services.common.jobs import LEASE_TTL_S, JobStore
-from services.stack import LocalStack, StackConfig, pid_alive, worker_name
-from services.triton_server import TritonNotFound, find_tritonserver
+from services.tools.local_stack import LocalStack, StackConfig, pid_alive, worker_name
+from services.tools.triton_launcher import TritonNotFound, find_tritonserver
 from tests.conftest import missing
 from tests.integration.stacks import started_stack
 

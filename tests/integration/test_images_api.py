@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.stack import LocalStack, StackConfig
+from services.tools.local_stack import LocalStack, StackConfig
 from shared.diffusion.pipelines import STABLE_DIFFUSION_DIR
 from tests.integration.gateway_only import gateway_only
 from tests.integration.stacks import started_stack

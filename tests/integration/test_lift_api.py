@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 import trimesh
 
-from services.stack import LocalStack
-from shared.inference import InProcessBackend, LiftInputs
+from services.tools.local_stack import LocalStack
+from shared.bodies.joint_names import SKELETON_JOINTS
+from shared.inference.contracts import LiftInputs
+from shared.inference.local import InProcessBackend
 from shared.keypoints.formats import COCO17
-from shared.schemas import SKELETON_JOINTS
 from shared.settings import get_settings
 from tests.conftest import missing
 
@@ -237,9 +238,9 @@ def test_triton_serves_what_the_in_process_backend_computes(
 ) -> None:
     """Same seeds, same hypotheses, whether Triton (chunked: more tracks than its
     max_batch_size) or this process computes them."""
-    from services.common.triton import TritonBackend
+    from services.common.triton_backend import TritonBackend
     from shared.pipeline.mesh_recovery import default_camera
-    from shared.pipeline.poses import to_lift_keypoints
+    from shared.pipeline.pose_jobs import to_lift_keypoints
 
     tracks = 70
     keypoints = np.repeat(
@@ -270,9 +271,9 @@ def test_concurrent_requests_share_a_call_and_keep_their_results(
 ) -> None:
     """Requests arriving together are lifted together (dynamic batching, whatever their T and
     N), and each gets what it gets alone."""
-    from services.common.triton import TritonBackend
+    from services.common.triton_backend import TritonBackend
     from shared.pipeline.mesh_recovery import default_camera
-    from shared.pipeline.poses import to_lift_keypoints
+    from shared.pipeline.pose_jobs import to_lift_keypoints
     from tests.integration.test_triton import _stats
 
     person = to_lift_keypoints(annotation["keypoints"], "coco17")

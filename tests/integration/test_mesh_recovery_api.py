@@ -19,8 +19,8 @@ import trimesh
 from PIL import Image
 
 from shared.bodies.anny_model import get_anny
+from shared.bodies.joint_names import SKELETON_JOINTS
 from shared.keypoints.formats import MEDIAPIPE33
-from shared.schemas import SKELETON_JOINTS
 from shared.settings import get_settings
 
 pytestmark = pytest.mark.integration

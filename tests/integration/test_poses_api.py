@@ -23,9 +23,9 @@ import pytest
 import torch
 import trimesh
 
-from services.stack import LocalStack, StackConfig
-from services.triton_server import TritonNotFound, find_tritonserver
-from shared.schemas import BODY_PARTS, BODY_POSE_JOINTS, SKELETON_JOINTS
+from services.tools.local_stack import LocalStack, StackConfig
+from services.tools.triton_launcher import TritonNotFound, find_tritonserver
+from shared.bodies.joint_names import BODY_PARTS, BODY_POSE_JOINTS, SKELETON_JOINTS
 from shared.settings import get_settings
 from tests.conftest import missing
 from tests.integration.stacks import started_stack
@@ -173,8 +173,8 @@ def test_triton_backend_sends_rows_in_chunks_of_max_batch_size(
 ) -> None:
     """More rows than pose_prior's max_batch_size (256): several requests, one answer, each
     row the same as when asked for alone."""
-    from services.common.triton import TritonBackend
-    from shared.prior.tasks import PriorTask
+    from services.common.triton_backend import TritonBackend
+    from shared.prior.rows import PriorTask
 
     backend = TritonBackend(stack.triton_url)
     seeds = np.arange(300, dtype=np.int64)
@@ -254,7 +254,7 @@ def test_complete_takes_an_smplx_object_and_known_joints(client: httpx.Client) -
 
 def gliding_body(frames: int) -> np.ndarray:
     """(T, 22, 3) the neutral skeleton moving forward at 1 m/s (30 fps)."""
-    from shared.prior.poses import skeleton_joints
+    from shared.prior.pose_outputs import skeleton_joints
 
     rest = skeleton_joints(np.zeros((1, 21, 3)))[0]
     return rest[None] + np.arange(frames)[:, None, None] / 30.0 * np.array([0.0, 0.0, 1.0])

@@ -5,7 +5,7 @@ model repository and loads only ``pose_prior`` (the other models are not needed 
 priors (random weights of a small network: these tests check serving and publishing, not
 sample quality) are published with the trainer's own publisher:
 
-- served samples equal the in-process ones (:func:`shared.prior.tasks.run_prior_rows`, the
+- served samples equal the in-process ones (:func:`shared.prior.rows.run_prior_rows`, the
   same code) for the same seeds, for every task and sampler, whatever the batching;
 - publishing a version while Triton runs makes it live without a restart and without a failed
   request;
@@ -30,15 +30,15 @@ import numpy as np
 import pytest
 import torch
 
-from services.stack import free_ports
-from services.trainer.publish import PublishError, publish_prior
-from services.triton_server import (
+from services.tools.local_stack import free_ports
+from services.tools.triton_launcher import (
     TritonNotFound,
     TritonOptions,
     find_tritonserver,
     triton_command,
     wait_ready,
 )
+from services.trainer.publish import PublishError, publish_prior
 from shared.prior.model import PosePrior, PriorConfig
 from shared.prior.registry import (
     MODEL_NAME,
@@ -47,7 +47,7 @@ from shared.prior.registry import (
     list_versions,
     load_latest_prior,
 )
-from shared.prior.tasks import PriorTask, run_prior_batch, run_prior_rows
+from shared.prior.rows import PriorTask, run_prior_batch, run_prior_rows
 from shared.settings import get_settings
 from tests.conftest import missing
 

@@ -25,7 +25,7 @@ import redis
 
 from services.common.jobs import JobStatus, JobStore
 from services.common.retention import LOCK_KEY, cleanup
-from services.stack import LocalStack, StackConfig
+from services.tools.local_stack import LocalStack, StackConfig
 from shared.settings import REPO_ROOT
 from shared.storage import LocalArtifactStore
 from tests.integration.stacks import started_stack
@@ -136,7 +136,7 @@ def _cleanup_cli(stack: LocalStack, root: Path, *args: str) -> subprocess.Comple
     }
     env.pop("BODYSERVE_CLEANUP_GRACE_S", None)  # the default grace period, one hour
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "cleanup", *args],
+        [sys.executable, "-m", "services.tools.cli", "cleanup", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

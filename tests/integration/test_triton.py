@@ -16,21 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.common.triton import (
+from services.common.triton_backend import (
     FIT_MODEL,
     KEYPOINTS_MODEL,
     TritonBackend,
     get_client,
     triton_ready,
 )
-from services.stack import free_ports
-from shared.inference import (
-    FitInputs,
-    FitOutputs,
-    InferenceError,
-    InferenceUnavailable,
-    InProcessBackend,
-)
+from services.tools.local_stack import free_ports
+from shared.inference.contracts import FitInputs, FitOutputs, InferenceError, InferenceUnavailable
+from shared.inference.local import InProcessBackend
 from shared.keypoints.formats import PersonKeypoints
 from shared.settings import get_settings
 

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.jobs import JobStore
 from services.common.keys import KeyStore
 from services.common.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
-from services.stack import LocalStack, StackConfig
+from services.tools.local_stack import LocalStack, StackConfig
 from shared.settings import REPO_ROOT
 from tests.integration.stacks import started_stack
 
@@ -210,7 +210,7 @@ def webhook_counters(stack: LocalStack) -> dict[tuple[str, str], float]:
 def create_key_with_cli(stack: LocalStack, name: str, webhook_url: str) -> dict[str, Any]:
     """``bodyserve keys create NAME --webhook-url URL --json``, as an operator would."""
     created = subprocess.run(
-        [sys.executable, "-m", "services.cli", "keys", "create", name,
+        [sys.executable, "-m", "services.tools.cli", "keys", "create", name,
          "--webhook-url", webhook_url, "--json"],
         cwd=REPO_ROOT,
         env={**os.environ, "BODYSERVE_REDIS_URL": stack.redis_url},

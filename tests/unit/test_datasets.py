@@ -135,7 +135,7 @@ def samples_from_bytes_one(record: dict) -> object:
 def test_cli_generates_and_resumes(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from services.cli import app
+    from services.tools.cli import app
 
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"count": 5, "resolution": 64, "shard_size": 2, "seed": 2,

@@ -27,9 +27,9 @@ from shared.diffusion.pipelines import (
     load_pipelines,
     pick_device,
 )
-from shared.diffusion.schemas import ImageGenerateRequest
 from shared.diffusion.tiny import build_tiny_pipelines
-from shared.inference import InProcessBackend
+from shared.inference.local import InProcessBackend
+from shared.schemas.images import ImageGenerateRequest
 
 SIZE = 48  # pixels: a multiple of 8, small enough for 2-core CI
 

@@ -11,7 +11,7 @@ from shared.bodies.anny_model import get_anny
 from shared.bodies.base import ANNY_TO_CAMERA
 from shared.fitting.fit import BodyFitter
 from shared.fitting.losses import JointLimits, project
-from shared.inference import FitInputs
+from shared.inference.contracts import FitInputs
 
 CAMERA = np.array([900.0, 900.0, 320.0, 400.0], dtype=np.float32)
 

@@ -161,7 +161,7 @@ def test_records_without_owner_belong_to_open_mode(store: JobStore) -> None:
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BODYSERVE_REDIS_URL": url}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "keys", *args],
+        [sys.executable, "-m", "services.tools.cli", "keys", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -14,16 +14,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from shared.inference import InferenceBackend, LiftInputs, LiftOutputs
+from shared.bodies.joint_names import SKELETON_JOINTS
+from shared.inference.contracts import InferenceBackend, LiftInputs, LiftOutputs
 from shared.keypoints.formats import COCO17, COCO17_FEET, MEDIAPIPE33
 from shared.lifting.summary import AMBIGUOUS_SPREAD_MM
-from shared.schemas import (
-    LIFT_MIN_CONFIDENCE,
-    SKELETON_JOINTS,
-    PoseLiftRequest,
-    PoseLiftResult,
-    PoseOutput,
-)
+from shared.schemas.lifting import LIFT_MIN_CONFIDENCE, PoseLiftRequest, PoseLiftResult
+from shared.schemas.poses import PoseOutput
 from shared.settings import get_settings
 
 IMAGE = {"width": 640, "height": 480}
@@ -178,7 +174,7 @@ def test_mesh_body_count_is_bounded() -> None:
 
 def test_formats_convert_to_the_lifters_keypoints() -> None:
     from shared.lifting.keypoints import LIFT_KEYPOINTS
-    from shared.pipeline.poses import to_lift_keypoints
+    from shared.pipeline.pose_jobs import to_lift_keypoints
 
     coco = np.arange(17 * 3, dtype=np.float32).reshape(17, 3)
     lifted = to_lift_keypoints(coco[None], "coco17")[0]
@@ -213,7 +209,7 @@ class FakeBackend:
         self.calls: list[LiftInputs] = []
 
     def lift(self, inputs: LiftInputs) -> LiftOutputs:
-        from shared.prior.poses import skeleton_joints
+        from shared.prior.pose_outputs import skeleton_joints
 
         self.calls.append(inputs)
         s, t = inputs.keypoints.shape[:2]
@@ -236,8 +232,8 @@ class FakeBackend:
 
 
 def test_lift_poses_groups_tracks_by_length_and_answers_in_order() -> None:
-    from shared.pipeline.poses import lift_poses
-    from shared.prior.poses import _pelvis_rest
+    from shared.pipeline.pose_jobs import lift_poses
+    from shared.prior.pose_outputs import _pelvis_rest
 
     tracks = [[person()] * 2, [person()] * 3, [person()] * 2]
     request = PoseLiftRequest.model_validate(
@@ -281,7 +277,7 @@ def test_lift_poses_groups_tracks_by_length_and_answers_in_order() -> None:
 
 def test_mediapipe_points_without_a_counterpart_are_null() -> None:
     from shared.lifting.keypoints import KeypointSkeleton
-    from shared.pipeline.poses import lift_poses
+    from shared.pipeline.pose_jobs import lift_poses
 
     request = PoseLiftRequest.model_validate(
         {"format": "mediapipe33", "people": [person(33)], "image_size": IMAGE, "hypotheses": 2}

@@ -24,7 +24,7 @@ from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
 from shared.lifting.lift import lift
 from shared.lifting.summary import AMBIGUOUS_SPREAD_MM, summarise
 from shared.prior.model import PosePrior
-from shared.prior.poses import _pelvis_rest, anny_pose_from_smplx
+from shared.prior.pose_outputs import _pelvis_rest, anny_pose_from_smplx
 from shared.prior.registry import load_latest_prior
 from shared.prior.sampling import generate
 from tests.conftest import missing
@@ -190,7 +190,7 @@ def test_bad_input_is_refused(prior: PosePrior) -> None:
 
 def test_anny_in_the_camera_is_the_lifted_body() -> None:
     """Anny posed by anny_pose_in_camera has the keypoints of the SMPL-X-convention body."""
-    from shared.prior.poses import anny_pose_in_camera
+    from shared.prior.pose_outputs import anny_pose_in_camera
 
     rng = np.random.default_rng(2)
     orient = rng.normal(0, 1.0, (3, 3)).astype(np.float32)

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from shared.inference import InProcessBackend
+from shared.bodies.joint_names import SKELETON_JOINTS
+from shared.inference.local import InProcessBackend
 from shared.keypoints.formats import MEDIAPIPE33
 from shared.pipeline.mesh_recovery import RecoveryOutput, recover
 from shared.render.spread import (
@@ -27,7 +28,8 @@ from shared.render.spread import (
     render_spread,
     spread_size,
 )
-from shared.schemas import LIFT_MIN_CONFIDENCE, SKELETON_JOINTS, MeshRecoveryOptions, PersonResult
+from shared.schemas.lifting import LIFT_MIN_CONFIDENCE
+from shared.schemas.mesh_recovery import MeshRecoveryOptions, PersonResult
 from shared.settings import get_settings
 from tests.conftest import missing
 

@@ -13,7 +13,8 @@ from scipy.ndimage import gaussian_filter1d
 
 from shared.bodies.skeleton import BODY_PARENTS, BodySkeleton
 from shared.fitting.motion import MotionResult, denoise_motion, estimate_joint_noise
-from shared.inference import InProcessBackend, MotionInputs
+from shared.inference.contracts import MotionInputs
+from shared.inference.local import InProcessBackend
 from shared.prior.model import PosePrior, PriorConfig
 from shared.settings import get_settings
 from tests.conftest import missing

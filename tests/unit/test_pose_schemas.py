@@ -17,12 +17,10 @@ import torch
 from pydantic import ValidationError
 
 from shared.bodies.base import ANNY_TO_SMPLX_WORLD
+from shared.bodies.joint_names import BODY_PARTS, BODY_POSE_JOINTS, SKELETON_JOINTS
 from shared.bodies.skeleton import BODY_JOINT_NAMES
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, SMPLX_TO_ANNY, anny_to_smplx
-from shared.schemas import (
-    BODY_PARTS,
-    BODY_POSE_JOINTS,
-    SKELETON_JOINTS,
+from shared.schemas.poses import (
     MotionDenoiseRequest,
     PoseCompleteRequest,
     PoseCompleteResult,
@@ -279,7 +277,7 @@ def test_anny_pose_reads_back_as_the_same_smplx_pose(
     """Posing Anny with the converted pose and reading it back with anny_to_smplx gives the
     body_pose (and global_orient) that went in."""
     from shared.bodies.anny_model import get_anny
-    from shared.prior.poses import anny_pose_from_smplx
+    from shared.prior.pose_outputs import anny_pose_from_smplx
 
     body_pose, global_orient = random_poses
     anny = anny_pose_from_smplx(body_pose.numpy(), global_orient.numpy())
@@ -306,7 +304,7 @@ def test_skeleton_joints_sit_on_the_posed_anny(
     """joints_3d of a pose are where the posed Anny has the SMPL-X joints (each joint's first
     Anny bone head; the feet: the toes' mean), in SMPL-X's frame."""
     from shared.bodies.anny_model import get_anny
-    from shared.prior.poses import anny_pose_from_smplx, skeleton_joints
+    from shared.prior.pose_outputs import anny_pose_from_smplx, skeleton_joints
 
     body_pose, global_orient = random_poses
     joints = skeleton_joints(body_pose.numpy(), global_orient.numpy())
@@ -322,7 +320,7 @@ def test_skeleton_joints_sit_on_the_posed_anny(
 
 
 def test_rotation_spread() -> None:
-    from shared.prior.poses import rotation_spread_deg
+    from shared.prior.pose_outputs import rotation_spread_deg
 
     same = np.tile(np.array([[0.3, -0.2, 0.1]] * 21), (5, 1, 1))
     np.testing.assert_allclose(rotation_spread_deg(same), 0.0, atol=1e-5)
@@ -360,8 +358,8 @@ def tiny_prior_repository(
 def test_pipeline_in_process(tiny_prior_repository: tuple[Path, int]) -> None:
     """The routes' pipeline on the in-process backend: seeded, both samplers, known joints
     kept, spread only where joints are hidden."""
-    from shared.inference import InProcessBackend
-    from shared.pipeline.poses import complete_pose, generate_poses
+    from shared.inference.local import InProcessBackend
+    from shared.pipeline.pose_jobs import complete_pose, generate_poses
 
     backend = InProcessBackend()
     _, version = tiny_prior_repository

@@ -19,7 +19,7 @@ from shared.bodies.skeleton import BodySkeleton
 from shared.bodies.smplx_convention import anny_to_smplx
 from shared.fitting.fit import BodyFitter, PriorNotPublished
 from shared.fitting.losses import project
-from shared.inference import FitInputs, FitOutputs
+from shared.inference.contracts import FitInputs, FitOutputs
 from shared.prior.model import PosePrior, PriorConfig
 from shared.settings import get_settings
 from tests.conftest import missing
@@ -111,8 +111,8 @@ def test_a_missing_prior_is_not_retried(tmp_path: Path) -> None:
     "try again later" (which would retry the job for nothing)."""
     from tritonclient.utils import InferenceServerException
 
-    from services.common.triton import translate_error
-    from shared.inference import InferenceError, InferenceUnavailable
+    from services.common.triton_backend import translate_error
+    from shared.inference.contracts import InferenceError, InferenceUnavailable
 
     fitter = BodyFitter(model_dir=tmp_path / "pose_prior")
     with pytest.raises(PriorNotPublished) as info:
@@ -173,7 +173,7 @@ def _noisy_projections(
     """Anny posed by each pose, turned to a random heading, 3-5 m in front of CAMERA; its
     keypoints projected, with detector-like noise (1 % of the person's size) and 15 % of them
     dropped. Returns the fit inputs and the true 22 body joints (camera frame)."""
-    from shared.prior.poses import anny_pose_from_smplx
+    from shared.prior.pose_outputs import anny_pose_from_smplx
 
     body, rng, count = get_anny(), np.random.default_rng(seed), len(body_pose)
     anny = anny_pose_from_smplx(body_pose, global_orient)

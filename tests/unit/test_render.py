@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from shared.render import overlay
-from shared.render.overlay import (
+from shared.render import renderer as overlay
+from shared.render.renderer import (
     MeshRenderer,
     RendererUnavailable,
     render_layers,

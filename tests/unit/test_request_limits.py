@@ -20,15 +20,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.limits import BodyLimit, BodySizeLimit, BodyTooLarge
 from services.gateway.metrics import REQUESTS, RequestMetrics
+from shared.bodies.joint_names import BODY_PARTS
 from shared.io.images import ImageTooLargeError, decode_image
-from shared.schemas import (
-    BODY_PARTS,
-    MAX_ABS_PIXELS,
-    MotionDenoiseRequest,
-    PoseCompleteRequest,
-    PoseGenerateRequest,
-    PoseLiftRequest,
-)
+from shared.schemas.common import MAX_ABS_PIXELS
+from shared.schemas.lifting import PoseLiftRequest
+from shared.schemas.poses import MotionDenoiseRequest, PoseCompleteRequest, PoseGenerateRequest
 from shared.settings import Settings, get_settings
 
 JSON = BodyLimit(1000, "BODYSERVE_MAX_JSON_BYTES", "send less")

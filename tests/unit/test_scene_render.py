@@ -36,8 +36,8 @@ from shared.render.backgrounds import (
     procedural_background,
 )
 from shared.render.label_check import cast_rays, check_labels, project
-from shared.render.overlay import render_layers
 from shared.render.parts import BODY_PARTS, PART_IDS, anny_vertex_parts, face_parts
+from shared.render.renderer import render_layers
 from shared.render.scene import (
     Lighting,
     Material,

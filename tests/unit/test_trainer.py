@@ -26,8 +26,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.stack import free_ports
+from services.tools.cli import app
+from services.tools.local_stack import free_ports
 from services.trainer.publish import PublishError, publish_prior
 from shared.prior.model import PosePrior, PriorConfig
 from shared.prior.registry import (
@@ -40,7 +40,7 @@ from shared.prior.registry import (
     read_record,
     rejected_dirs,
 )
-from shared.prior.tasks import (
+from shared.prior.rows import (
     MAX_STEPS,
     SAMPLERS,
     PriorTask,
@@ -120,7 +120,7 @@ def trained(mocap_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     env = {k: v for k, v in os.environ.items() if not k.startswith("BODYSERVE_TRITON")}
     env.update(BODYSERVE_TORCH_THREADS="1", COLUMNS="200")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.trainer.cli", "prior", *args],
+        [sys.executable, "-m", "services.trainer.train_prior", "prior", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -38,7 +38,7 @@ from services.common.webhooks import (
     sign,
     verify_signature,
 )
-from shared.schemas import WebhookDelivery
+from services.gateway.schemas import WebhookDelivery
 from shared.settings import REPO_ROOT, Settings
 from tests.conftest import free_port
 
@@ -328,7 +328,7 @@ def test_key_webhooks_set_keep_rotate_and_clear(url: str) -> None:
 
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "keys", *args],
+        [sys.executable, "-m", "services.tools.cli", "keys", *args],
         cwd=REPO_ROOT,
         # Wide, so that rich does not wrap the messages checked below.
         env={**os.environ, "BODYSERVE_REDIS_URL": url, "COLUMNS": "400"},

@@ -26,15 +26,15 @@ _bootstrap = Path(__file__).resolve().parents[2] / "bootstrap.py"
 _spec = importlib.util.spec_from_file_location("bodyserve_model_bootstrap", _bootstrap)
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # type: ignore[union-attr]
 
-from shared.inference import (  # noqa: E402
+from shared.inference.contracts import (
     DEFAULT_PRIOR_CODE,
     FIT_OUTPUT_TENSORS,
     PRIOR_CODES,
     FitInputs,
     FitOutputs,
-    InProcessBackend,
     PriorChoice,
 )
+from shared.inference.local import InProcessBackend
 
 OUTPUTS = FIT_OUTPUT_TENSORS
 # Per-person (1,) outputs that are integers rather than float32.

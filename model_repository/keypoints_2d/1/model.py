@@ -20,7 +20,7 @@ _bootstrap = Path(__file__).resolve().parents[2] / "bootstrap.py"
 _spec = importlib.util.spec_from_file_location("bodyserve_model_bootstrap", _bootstrap)
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # type: ignore[union-attr]
 
-from shared.inference import InProcessBackend  # noqa: E402
+from shared.inference.local import InProcessBackend  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
 

@@ -23,7 +23,8 @@ _bootstrap = Path(__file__).resolve().parents[2] / "bootstrap.py"
 _spec = importlib.util.spec_from_file_location("bodyserve_model_bootstrap", _bootstrap)
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # type: ignore[union-attr]
 
-from shared.inference import InProcessBackend, MotionInputs, MotionOutputs  # noqa: E402
+from shared.inference.contracts import MotionInputs, MotionOutputs  # noqa: E402
+from shared.inference.local import InProcessBackend  # noqa: E402
 
 OUTPUTS = ("GLOBAL_ORIENT", "BODY_POSE", "PELVIS", "JOINTS", "PHENOTYPE", "PRIOR_VERSION")
 

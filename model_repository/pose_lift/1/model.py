@@ -27,7 +27,8 @@ _bootstrap = Path(__file__).resolve().parents[2] / "bootstrap.py"
 _spec = importlib.util.spec_from_file_location("bodyserve_model_bootstrap", _bootstrap)
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # type: ignore[union-attr]
 
-from shared.inference import InProcessBackend, LiftInputs, LiftOutputs  # noqa: E402
+from shared.inference.contracts import LiftInputs, LiftOutputs  # noqa: E402
+from shared.inference.local import InProcessBackend  # noqa: E402
 
 INPUTS = ("KEYPOINTS", "CAMERA", "HYPOTHESES", "SEED")
 # Output tensor -> LiftOutputs array field (PRIOR_VERSION is per request, sent apart).

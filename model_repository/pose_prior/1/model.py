@@ -3,7 +3,7 @@
 This file is the template: the publisher (``services/trainer/publish.py``) copies it into
 every version folder ``pose_prior/<N>/`` next to that version's ``prior.pt`` and
 ``record.json`` (Triton's python backend runs ``<N>/model.py``). The logic lives in
-:mod:`shared.prior.tasks`, which the in-process backend calls too, so a version's copy only
+:mod:`shared.prior.rows`, which the in-process backend calls too, so a version's copy only
 moves tensors.
 
 Batch dimension = samples. Inputs per sample: ``TASK`` (1,) int32 (:class:`PriorTask`: 0
@@ -32,7 +32,7 @@ _spec = importlib.util.spec_from_file_location("bodyserve_model_bootstrap", _boo
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # type: ignore[union-attr]
 
 from shared.prior.registry import load_prior_version  # noqa: E402
-from shared.prior.tasks import group_rows, run_prior_rows  # noqa: E402
+from shared.prior.rows import group_rows, run_prior_rows  # noqa: E402
 
 REQUIRED = ("TASK", "POSE", "KNOWN", "SEED", "STEPS", "NOISE_LEVEL")
 INPUTS = (*REQUIRED, "SAMPLER")

@@ -16,9 +16,9 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import accept_job, job_responses
+from services.gateway.schemas import JobInfo
 from shared.datasets.spec import DatasetSpec, SpecError, check_inputs
 from shared.diffusion.pipelines import DiffusionUnavailable, check_model_dir
-from shared.schemas import JobInfo
 from shared.settings import get_settings
 
 router = APIRouter(prefix="/v1", tags=["datasets"])

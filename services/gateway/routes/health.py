@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from services.common.triton import triton_ready
+from services.common.triton_backend import triton_ready
 from services.gateway.deps import job_store
 from services.gateway.metrics import registry
 from shared.settings import get_settings

@@ -19,9 +19,10 @@ from services.gateway.auth import current_principal
 from services.gateway.deps import artifact_store, job_store
 from services.gateway.errors import ApiError, error_responses
 from services.gateway.jobs_api import job_info, read_job_record
+from services.gateway.schemas import JobInfo
 from services.workers.celery_app import app as celery_app
 from services.workers.tasks.webhooks import announce_job_end
-from shared.schemas import JobInfo, artifact_content_type
+from shared.schemas.artifacts import artifact_content_type
 from shared.storage import ArtifactNotFound, check_job_id, check_name
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

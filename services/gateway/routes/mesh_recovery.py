@@ -12,19 +12,17 @@ from services.common.stores import UPLOAD_NAME
 from services.gateway.deps import settings
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import accept_job, job_responses
+from services.gateway.schemas import JobInfo
 from shared.io.images import ImageError, decode_image
-from shared.schemas import (
-    DEFAULT_OUTPUTS,
+from shared.schemas.artifacts import DEFAULT_OUTPUTS, Output
+from shared.schemas.common import MAX_SEED, setting_limit
+from shared.schemas.mesh_recovery import (
     MAX_FOCAL_LENGTH_PX,
     MAX_ITERATIONS,
     MAX_PEOPLE,
-    MAX_SEED,
     MIN_ITERATIONS,
-    JobInfo,
     MeshRecoveryOptions,
     MeshRecoveryResult,
-    Output,
-    setting_limit,
 )
 from shared.settings import Settings
 

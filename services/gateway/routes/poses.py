@@ -15,16 +15,15 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.gateway.jobs_api import accept_job, job_responses
-from shared.schemas import (
-    JobInfo,
+from services.gateway.schemas import JobInfo
+from shared.schemas.lifting import PoseLiftRequest, PoseLiftResult
+from shared.schemas.poses import (
     MotionDenoiseRequest,
     MotionDenoiseResult,
     PoseCompleteRequest,
     PoseCompleteResult,
     PoseGenerateRequest,
     PoseGenerateResult,
-    PoseLiftRequest,
-    PoseLiftResult,
 )
 
 router = APIRouter(prefix="/v1", tags=["pose prior"])

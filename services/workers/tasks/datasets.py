@@ -32,7 +32,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from services.common.jobs import JobNotFound, JobStatus, JobStore
 from services.common.stores import artifact_store
 from services.workers.celery_app import app
-from services.workers.tasks.common import (
+from services.workers.lifecycle import (
     TRANSIENT_ERRORS,
     JobCancelled,
     LeaseHeartbeat,
@@ -78,7 +78,7 @@ class JobSink:
 
 def _prior_sampler(seeds: Any) -> Any:
     from shared.datasets.sampling import PRIOR_STEPS
-    from shared.prior.tasks import PriorTask
+    from shared.prior.rows import PriorTask
 
     rows = backend().prior(int(PriorTask.GENERATE), None, None, seeds, PRIOR_STEPS, sampler="sde")
     return rows.body_pose

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from celery import Task
 
-from services.workers.tasks.common import JobContext, JobOutput, backend, job_task, run_job
+from services.workers.lifecycle import JobContext, JobOutput, backend, job_task, run_job
 from shared.diffusion.loop import generate_images
 from shared.diffusion.pipelines import load_pipelines
-from shared.diffusion.schemas import ImageGenerateRequest
+from shared.schemas.images import ImageGenerateRequest
 from shared.settings import get_settings
 
 

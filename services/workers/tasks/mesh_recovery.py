@@ -5,10 +5,10 @@ from __future__ import annotations
 from celery import Task
 
 from services.common.stores import UPLOAD_NAME
-from services.workers.tasks.common import JobContext, JobOutput, backend, job_task, run_job
+from services.workers.lifecycle import JobContext, JobOutput, backend, job_task, run_job
 from shared.io.images import decode_image, exif_focal_length_px
 from shared.pipeline.mesh_recovery import recover
-from shared.schemas import MeshRecoveryOptions
+from shared.schemas.mesh_recovery import MeshRecoveryOptions
 from shared.settings import get_settings
 
 

@@ -1,7 +1,7 @@
 """Celery tasks of the queue ``poses``: pose generation, completion, lifting, motion denoising.
 
 Thin adapters: each validates the job's options with its request schema and hands it to
-:mod:`shared.pipeline.poses`, which asks the backend (Triton's ``pose_prior``, ``pose_lift``
+:mod:`shared.pipeline.pose_jobs`, which asks the backend (Triton's ``pose_prior``, ``pose_lift``
 and ``motion_denoise`` when ``BODYSERVE_TRITON_URL`` is set) for the heavy part. The job life cycle
 (lease, heartbeat, cancellation, time limit, retries, failures) is :func:`run_job`'s.
 """
@@ -14,16 +14,12 @@ from typing import Any
 from celery import Task
 from pydantic import BaseModel
 
-from services.workers.tasks.common import JobContext, JobOutput, backend, job_task, run_job
-from shared.inference import InferenceBackend
-from shared.pipeline import poses
-from shared.pipeline.poses import PoseJobOutput
-from shared.schemas import (
-    MotionDenoiseRequest,
-    PoseCompleteRequest,
-    PoseGenerateRequest,
-    PoseLiftRequest,
-)
+from services.workers.lifecycle import JobContext, JobOutput, backend, job_task, run_job
+from shared.inference.contracts import InferenceBackend
+from shared.pipeline import pose_jobs
+from shared.pipeline.pose_jobs import PoseJobOutput
+from shared.schemas.lifting import PoseLiftRequest
+from shared.schemas.poses import MotionDenoiseRequest, PoseCompleteRequest, PoseGenerateRequest
 
 
 @job_task("bodyserve.pose_generation")
@@ -58,7 +54,7 @@ def _pose_job(
     return body
 
 
-generate = _pose_job(PoseGenerateRequest, poses.generate_poses)
-complete = _pose_job(PoseCompleteRequest, poses.complete_pose)
-lift = _pose_job(PoseLiftRequest, poses.lift_poses)
-denoise = _pose_job(MotionDenoiseRequest, poses.denoise_motion)
+generate = _pose_job(PoseGenerateRequest, pose_jobs.generate_poses)
+complete = _pose_job(PoseCompleteRequest, pose_jobs.complete_pose)
+lift = _pose_job(PoseLiftRequest, pose_jobs.lift_poses)
+denoise = _pose_job(MotionDenoiseRequest, pose_jobs.denoise_motion)

@@ -36,8 +36,8 @@ from services.common.webhooks import (
     public_base_url,
     retry_delay_s,
 )
+from services.gateway.schemas import WebhookDelivery
 from services.workers.celery_app import WEBHOOK_TASK, WEBHOOKS_QUEUE, app
-from shared.schemas import WebhookDelivery
 from shared.settings import get_settings
 
 log = logging.getLogger("bodyserve.webhooks")

@@ -52,10 +52,10 @@ from celery.signals import task_failure
 
 from services.common.jobs import HEARTBEAT_S, JobNotFound, JobStatus, JobStore
 from services.common.stores import artifact_store, job_store
-from services.common.triton import get_backend
+from services.common.triton_backend import get_backend
 from services.workers.celery_app import app
 from services.workers.tasks.webhooks import announce_job_end
-from shared.inference import InferenceBackend, InferenceUnavailable
+from shared.inference.contracts import InferenceBackend, InferenceUnavailable
 from shared.settings import get_settings
 from shared.storage import ArtifactStore
 

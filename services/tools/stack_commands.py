@@ -1,6 +1,6 @@
 """``bodyserve stack ...`` (the local stack) and ``bodyserve triton ...`` (Triton alone).
 
-Mounted into the ``bodyserve`` command line by ``services.cli``::
+Mounted into the ``bodyserve`` command line by ``services.tools.cli``::
 
     bodyserve stack up [--queue mesh_recovery] [--only redis --only triton] [--gateway-port 8000]
     bodyserve stack status
@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.stack import (
+from services.tools.local_stack import (
     DEFAULT_QUEUES,
     ComponentStatus,
     LocalStack,
@@ -27,7 +27,7 @@ from services.stack import (
     StackError,
     parse_components,
 )
-from services.triton_server import (
+from services.tools.triton_launcher import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,

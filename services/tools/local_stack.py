@@ -10,7 +10,7 @@ no API keys) unless the environment sets ``BODYSERVE_AUTH_MODE``.
 - ``redis``: ``redis-server`` on its own port (6390) with ``--dir <var_dir>/redis`` and AOF
   persistence (fsync every second), as in the containers; only when no Redis URL is given
   (``BODYSERVE_REDIS_URL`` in the environment, or ``redis_url``).
-- ``triton``: ``tritonserver`` as built by :mod:`services.triton_server` (python backend, CPU).
+- ``triton``: ``tritonserver`` as built by :mod:`services.tools.triton_launcher` (python backend, CPU).
 - ``worker-<queue>``: one Celery worker per queue (``-c 1``, prefetch 1).
 - ``gateway``: ``uvicorn services.gateway.app:app``.
 
@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from services.triton_server import (
+from services.tools.triton_launcher import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
@@ -529,7 +529,7 @@ class LocalStack:
                 finally:
                     client.close()
             if name == "triton":
-                from services.common.triton import triton_ready
+                from services.common.triton_backend import triton_ready
 
                 return triton_ready(self.triton_url, tuple(self.config.models), timeout_s)
             if name.startswith("worker-"):

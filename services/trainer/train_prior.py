@@ -12,7 +12,7 @@ Steps, all in the run folder ``--out``:
    ``<repository>/pose_prior`` and, with a Triton URL, make it live (see
    :mod:`services.trainer.publish`).
 
-Entry points: ``bodyserve train prior ...`` and ``python -m services.trainer.cli prior ...``.
+Entry points: ``bodyserve train prior ...`` and ``python -m services.trainer.train_prior prior ...``.
 Exit codes: 0 done, 1 failed (the message says why), 130 interrupted (rerun to continue).
 """
 

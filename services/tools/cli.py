@@ -23,9 +23,9 @@ console = Console()
 
 
 def _mount_subapps() -> None:
-    from services.cli_dataset import dataset_app
-    from services.cli_stack import stack_app, triton_app
-    from services.trainer.cli import train_app
+    from services.tools.dataset_commands import dataset_app
+    from services.tools.stack_commands import stack_app, triton_app
+    from services.trainer.train_prior import train_app
 
     app.add_typer(stack_app, name="stack", help="Start, stop or inspect the local stack.")
     app.add_typer(triton_app, name="triton", help="Run Triton with bodyserve's models.")
@@ -253,7 +253,7 @@ def cleanup(
 @app.command()
 def setup() -> None:
     """Build Anny's cache (once, about a minute) and prepare Triton's backend folder."""
-    from services.triton_server import prepare_backend_dir
+    from services.tools.triton_launcher import prepare_backend_dir
     from shared.bodies.anny_model import build_anny_cache
 
     with console.status("building Anny's cache (first time only: about a minute)"):
@@ -305,10 +305,10 @@ def recover(
     ] = 1,
 ) -> None:
     """Recover 3D bodies from photos, in this process (no server needed)."""
-    from shared.inference import InProcessBackend
+    from shared.inference.local import InProcessBackend
     from shared.io.images import decode_image, exif_focal_length_px
     from shared.pipeline.mesh_recovery import recover as run
-    from shared.schemas import MeshRecoveryOptions
+    from shared.schemas.mesh_recovery import MeshRecoveryOptions
 
     settings = get_settings()
     options = MeshRecoveryOptions(

@@ -31,7 +31,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from shared.inference import (
+from shared.inference.contracts import (
     FIT_OUTPUT_TENSORS,
     PRIOR_CODES,
     FitInputs,
@@ -39,13 +39,13 @@ from shared.inference import (
     InferenceBackend,
     InferenceError,
     InferenceUnavailable,
-    InProcessBackend,
     LiftInputs,
     LiftOutputs,
     MotionInputs,
     MotionOutputs,
     PriorRows,
 )
+from shared.inference.local import InProcessBackend
 from shared.keypoints.formats import PersonKeypoints
 from shared.settings import Settings, get_settings
 

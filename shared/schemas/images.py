@@ -9,15 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.schemas import (
-    MAX_PEOPLE,
-    MAX_SEED,
-    Camera,
-    PersonResult,
-    SmplxPoseInput,
-    _check_count,
-    setting_limit,
-)
+from shared.schemas.bodies import Camera
+from shared.schemas.common import MAX_SEED, check_count, setting_limit
+from shared.schemas.mesh_recovery import MAX_PEOPLE, PersonResult
+from shared.schemas.poses import SmplxPoseInput
 from shared.settings import get_settings
 
 MAX_PROMPT_CHARS = 500
@@ -155,7 +150,7 @@ class ImageGenerateRequest(BaseModel):
     @field_validator("n")
     @classmethod
     def _n_within_limit(cls, value: int) -> int:
-        return _check_count(value, get_settings().max_generated_images, "n", "max_generated_images")
+        return check_count(value, get_settings().max_generated_images, "n", "max_generated_images")
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.n)]

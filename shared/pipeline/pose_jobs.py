@@ -20,36 +20,36 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from shared.inference import InferenceBackend, InferenceUnavailable, LiftInputs, LiftOutputs
+from shared.bodies.joint_names import BODY_POSE_JOINTS, SKELETON_JOINTS
+from shared.inference.contracts import (
+    InferenceBackend,
+    InferenceUnavailable,
+    LiftInputs,
+    LiftOutputs,
+)
 from shared.keypoints.formats import FORMATS
-from shared.schemas import (
-    BODY_POSE_JOINTS,
-    CONTENT_TYPES,
-    MOTION_BVH_ARTIFACT,
-    POSE_MESH_ARTIFACT,
-    SKELETON_JOINTS,
-    AnnyParams,
-    Camera,
+from shared.schemas.artifacts import CONTENT_TYPES, MOTION_BVH_ARTIFACT, POSE_MESH_ARTIFACT
+from shared.schemas.bodies import AnnyParams, Camera, LiftedPose, SmplxBodyParams, SmplxParams
+from shared.schemas.lifting import (
     LiftedFrame,
-    LiftedPose,
     LiftedTrack,
     LiftSummary,
+    PoseLiftRequest,
+    PoseLiftResult,
+)
+from shared.schemas.poses import (
     MotionDenoiseRequest,
     MotionDenoiseResult,
     PoseCompleteRequest,
     PoseCompleteResult,
     PoseGenerateRequest,
     PoseGenerateResult,
-    PoseLiftRequest,
-    PoseLiftResult,
     PoseOutput,
     PoseSample,
-    SmplxBodyParams,
-    SmplxParams,
 )
 
 if TYPE_CHECKING:
-    from shared.prior.poses import AnnyPose
+    from shared.prior.pose_outputs import AnnyPose
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -80,9 +80,9 @@ def pose_samples(
     body_pose: np.ndarray, global_orient: np.ndarray | None = None
 ) -> tuple[list[PoseSample], AnnyPose]:
     """(B, 21, 3) body poses (+ (B, 3) orientations, default zero) -> one :class:`PoseSample`
-    per pose, and the :class:`~shared.prior.poses.AnnyPose` they hold (for meshes)."""
+    per pose, and the :class:`~shared.prior.pose_outputs.AnnyPose` they hold (for meshes)."""
     from shared.bodies.anny_model import get_anny
-    from shared.prior.poses import anny_pose_from_smplx, skeleton_joints
+    from shared.prior.pose_outputs import anny_pose_from_smplx, skeleton_joints
 
     body_pose = np.asarray(body_pose, np.float32)
     count = len(body_pose)
@@ -121,7 +121,7 @@ def pose_samples(
 
 
 def _meshes(anny: AnnyPose, outputs: list[PoseOutput], fmt: str) -> dict[str, bytes]:
-    from shared.prior.poses import pose_meshes
+    from shared.prior.pose_outputs import pose_meshes
 
     if PoseOutput.mesh not in outputs:
         return {}
@@ -134,7 +134,7 @@ def generate_poses(
     progress: ProgressCallback | None = None,
 ) -> PoseJobOutput:
     """``request.n`` poses from the prior, pose i drawn with seed ``request.seed + i``."""
-    from shared.prior.tasks import PriorTask
+    from shared.prior.rows import PriorTask
 
     report = progress or _no_progress
     timings: dict[str, float] = {}
@@ -178,8 +178,8 @@ def complete_pose(
 ) -> PoseJobOutput:
     """``request.k`` completions of one pose: known joints kept, the others drawn from the
     prior (hypothesis i with seed ``request.seed + i``), and how much each joint varies."""
-    from shared.prior.poses import rotation_spread_deg
-    from shared.prior.tasks import PriorTask
+    from shared.prior.pose_outputs import rotation_spread_deg
+    from shared.prior.rows import PriorTask
 
     report = progress or _no_progress
     timings: dict[str, float] = {}
@@ -232,7 +232,7 @@ def denoise_motion(
     import torch
 
     from shared.bodies.skeleton import BodySkeleton
-    from shared.inference import MotionInputs
+    from shared.inference.contracts import MotionInputs
     from shared.mocap.bvh import write_bvh
 
     report = progress or _no_progress
@@ -413,7 +413,7 @@ def lifted_frames(
     from shared.bodies.anny_model import get_anny
     from shared.lifting.keypoints import KeypointSkeleton
     from shared.lifting.summary import summarise
-    from shared.prior.poses import _pelvis_rest, anny_pose_in_camera
+    from shared.prior.pose_outputs import _pelvis_rest, anny_pose_in_camera
 
     rows, to = lift_index(fmt)
     mapped = KeypointSkeleton.neutral().mapped.numpy()[to]
@@ -488,7 +488,7 @@ def _lift_mesh(
 
     from shared.bodies.anny_model import get_anny
     from shared.io.exports import export_meshes
-    from shared.prior.poses import anny_pose_in_camera
+    from shared.prior.pose_outputs import anny_pose_in_camera
 
     orient, pose, pelvis, names = [], [], [], []
     for s, (out, chosen) in enumerate(zip(lifts, representatives, strict=True)):

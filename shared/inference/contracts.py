@@ -1,27 +1,21 @@
-"""Where the heavy steps run: one interface, two homes.
+"""The inference contract: what the heavy steps take and give, and the interface that runs them.
 
 The mesh-recovery pipeline calls an :class:`InferenceBackend` for its two heavy steps (2D
 keypoint detection, body fitting); the pose routes call it for the pose prior (``prior``:
-rows of SMPL-X body poses to generate, complete or denoise). :class:`InProcessBackend` runs
+rows of SMPL-X body poses to generate, complete or denoise). :class:`~shared.inference.local.InProcessBackend` runs
 them in this process (library and command-line use, and inside the Triton models themselves);
-the workers use the Triton client backend from ``services.common.triton`` when
+the workers use the Triton client backend from ``services.common.triton_backend`` when
 ``BODYSERVE_TRITON_URL`` is set. Domain code only ever sees arrays, never Triton.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from shared.keypoints.formats import PersonKeypoints
-
-if TYPE_CHECKING:
-    from shared.fitting.fit import BodyFitter
-    from shared.keypoints.detect import PersonDetector
-    from shared.prior.model import PosePrior
-    from shared.prior.registry import PublishedPrior
 
 
 class InferenceUnavailable(RuntimeError):
@@ -180,7 +174,7 @@ class InferenceBackend(Protocol):
         noise_level: float = 0.0,
         sampler: str = "ode",
     ) -> PriorRows:
-        """Run the pose prior on B rows: ``task`` a ``shared.prior.tasks.PriorTask`` code
+        """Run the pose prior on B rows: ``task`` a ``shared.prior.rows.PriorTask`` code
         (generate, complete, denoise), ``pose`` (B, 21, 3) SMPL-X body_pose (complete,
         denoise), ``known`` (B, 21) bool (complete: True where given), ``seeds`` (B,) one per
         row, ``noise_level`` in (0, 1] (denoise), ``sampler`` "ode" or "sde" (generate). Rows
@@ -196,116 +190,3 @@ class InferenceBackend(Protocol):
         """2D keypoint tracks -> N 3D hypotheses per frame by the prior's reprojection-guided
         sampler (``shared.lifting.lift``), with the newest published pose prior."""
         ...
-
-
-class InProcessBackend:
-    """Runs detection and fitting in this process; models load once, on first use."""
-
-    def __init__(self) -> None:
-        self._detector: PersonDetector | None = None
-        self._fitter: BodyFitter | None = None
-        self._prior: PublishedPrior | None = None
-
-    def load(self, detect: bool = True, fit: bool = True) -> None:
-        """Load the models now rather than on first use (Triton ``initialize``, warm-up)."""
-        if detect and self._detector is None:
-            from shared.keypoints.detect import PersonDetector
-
-            self._detector = PersonDetector()
-        if fit and self._fitter is None:
-            from shared.fitting.fit import BodyFitter
-
-            self._fitter = BodyFitter()
-
-    def detect(self, image: np.ndarray, max_people: int) -> list[PersonKeypoints]:
-        if self._detector is None:
-            from shared.keypoints.detect import PersonDetector
-
-            self._detector = PersonDetector()
-        return self._detector(image, max_people=max_people)
-
-    def fit(self, inputs: FitInputs) -> FitOutputs:
-        if self._fitter is None:
-            from shared.fitting.fit import BodyFitter
-
-            self._fitter = BodyFitter()
-        return self._fitter(inputs)
-
-    def prior(
-        self,
-        task: int,
-        pose: np.ndarray | None,
-        known: np.ndarray | None,
-        seeds: np.ndarray,
-        steps: int,
-        noise_level: float = 0.0,
-        sampler: str = "ode",
-    ) -> PriorRows:
-        from shared.prior.tasks import run_prior_rows
-
-        version, prior = self._latest_prior()
-        body_pose = run_prior_rows(
-            prior,
-            task,
-            pose,
-            known,
-            seeds,
-            steps,
-            noise_level,
-            sampler,  # type: ignore[arg-type]
-        )
-        return PriorRows(body_pose=body_pose, version=version)
-
-    def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
-        from shared.fitting.motion import DEFAULT_ITERATIONS, denoise_motion
-
-        inputs.check()
-        version: int | None
-        prior: PosePrior | None
-        try:
-            version, prior = self._latest_prior()
-        except FileNotFoundError:  # nothing published: skeleton and smoothness alone
-            version, prior = None, None
-        poses = None
-        if inputs.joints is None:
-            assert inputs.global_orient is not None and inputs.body_pose is not None
-            poses = (inputs.global_orient, inputs.body_pose, inputs.pelvis)
-        iterations = DEFAULT_ITERATIONS if inputs.iterations is None else inputs.iterations
-        result = denoise_motion(
-            joints=inputs.joints,
-            poses=poses,
-            fps=inputs.fps,
-            prior=prior,
-            iterations=iterations,
-            seed=inputs.seed,
-        )
-        return MotionOutputs(
-            global_orient=result.global_orient,
-            body_pose=result.body_pose,
-            pelvis=result.pelvis,
-            joints=result.joints,
-            phenotype=result.phenotype,
-            prior_version=version,
-        )
-
-    def lift(self, inputs: LiftInputs) -> LiftOutputs:
-        from shared.lifting.lift import lift
-
-        version, prior = self._latest_prior()
-        result = lift(prior, inputs.keypoints, inputs.camera, inputs.hypotheses, inputs.seeds)
-        return LiftOutputs(**vars(result), prior_version=version)
-
-    def _latest_prior(self) -> tuple[int, PosePrior]:
-        """The newest published prior of the model repository (reloaded when a newer one is
-        published, as Triton's version policy serves the newest)."""
-        from shared.prior.registry import PublishedPrior
-
-        if self._prior is None:
-            self._prior = PublishedPrior()
-        current = self._prior.current()
-        if current is None:
-            raise FileNotFoundError(
-                f"no published pose prior in {self._prior.model_dir}: publish one with "
-                "`bodyserve train prior`"
-            )
-        return current

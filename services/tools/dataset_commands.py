@@ -41,8 +41,8 @@ def generate(
     prior = None
     if spec.poses.source == "prior":
         from shared.datasets.sampling import PRIOR_STEPS
-        from shared.inference import InProcessBackend
-        from shared.prior.tasks import PriorTask
+        from shared.inference.local import InProcessBackend
+        from shared.prior.rows import PriorTask
 
         backend = InProcessBackend()
 

@@ -1,0 +1,1 @@
+"""Tooling: the command line, the local stack and the Triton launcher (not runtime services)."""

@@ -1,0 +1,1 @@
+"""Request and result schemas by subject: artifacts, mesh recovery, poses, lifting (datasets: ``shared.datasets.spec``; images: ``images``). Shared by the gateway, the workers and the command line."""
