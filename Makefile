@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up, start the local stack, recover the bodies in a real photo
-#   make test   set up, run every test (unit + integration on the real stack)
+#   make test   set up, lint (ruff, formatting, mypy, import contracts), run every test
 VENV ?= .venv
 BIN := $(VENV)/bin
 PHOTO ?= ../shared/data/photos/codait_yogait_t6.jpg
@@ -16,14 +16,18 @@ demo: setup
 	$(BIN)/bodyserve submit $(PHOTO) -o $(OUT)
 	@echo "The stack is still running: try the curl examples in README.md; stop it with 'make down'."
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -rs
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -rs tests/unit
 
-lint:
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy shared services
+# The layers (.importlinter), style and types; part of make test, so CI fails on any of them.
+lint: setup
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services
 
 bench: setup
 	$(BIN)/python bench/mesh_recovery.py --data ../shared/data/photos --json $(OUT)/bench_mesh_recovery.json

@@ -36,7 +36,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from services.common.jobs import OPEN_OWNER, PREFIX
-from services.common.webhooks import WebhookEndpoint, check_webhook_url, new_secret
+from services.common.webhook_endpoints import WebhookEndpoint, check_webhook_url, new_secret
 from shared.settings import get_settings
 
 TOKEN_PREFIX = "bsk"

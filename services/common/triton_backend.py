@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import fields
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from shared.inference.contracts import (
-    FIT_OUTPUT_TENSORS,
-    PRIOR_CODES,
     FitInputs,
     FitOutputs,
-    InferenceBackend,
     InferenceError,
     InferenceUnavailable,
     LiftInputs,
@@ -45,25 +41,24 @@ from shared.inference.contracts import (
     MotionOutputs,
     PriorRows,
 )
-from shared.inference.local import InProcessBackend
+from shared.inference.wire import (
+    Arrays,
+    ModelSpec,
+    body_fit,
+    keypoints_2d,
+    motion_denoise,
+    pose_lift,
+    pose_prior,
+    take,
+)
 from shared.keypoints.formats import PersonKeypoints
-from shared.settings import Settings, get_settings
 
-KEYPOINTS_MODEL = "keypoints_2d"
-FIT_MODEL = "body_fit"
-FIT_MAX_BATCH = 32  # body_fit's max_batch_size; read from the server when it can be
-PRIOR_MODEL = "pose_prior"
-PRIOR_MAX_BATCH = 256  # pose_prior's max_batch_size; read from the server when it can be
-PRIOR_SAMPLERS = {"ode": 0, "sde": 1}  # codes of pose_prior's optional SAMPLER input
-MOTION_MODEL = "motion_denoise"
-MOTION_OUTPUTS = ("GLOBAL_ORIENT", "BODY_POSE", "PELVIS", "JOINTS", "PHENOTYPE", "PRIOR_VERSION")
-LIFT_MODEL = "pose_lift"
-LIFT_MAX_BATCH = 64  # pose_lift's max_batch_size (tracks); read from the server when it can be
-# pose_lift's output tensors: each LiftOutputs field, upper-cased.
-LIFT_OUTPUTS: dict[str, str] = {f.name.upper(): f.name for f in fields(LiftOutputs)}
-
-FIT_OUTPUTS = FIT_OUTPUT_TENSORS
-DETECT_OUTPUTS = ("COUNT", "BODY", "HANDS", "HAND_PRESENT", "BBOX", "SCORE")
+# The models' names and tensors: shared.inference.wire (their config.pbtxt says the same).
+KEYPOINTS_MODEL = keypoints_2d.MODEL.name
+FIT_MODEL = body_fit.MODEL.name
+PRIOR_MODEL = pose_prior.MODEL.name
+MOTION_MODEL = motion_denoise.MODEL.name
+LIFT_MODEL = pose_lift.MODEL.name
 
 # gRPC status codes that mean "not now" rather than "never".
 _TRANSIENT_STATUS = {
@@ -165,14 +160,25 @@ class TritonBackend:
     def client(self) -> grpcclient.InferenceServerClient:
         return get_client(self.url)
 
+    def _run(self, model: str, spec: ModelSpec, arrays: Mapping[str, np.ndarray]) -> Arrays:
+        """``spec``'s outputs for the request ``arrays`` (a wire module's packed request)."""
+        return self._run_versioned(model, spec, arrays)[0]
+
+    def _run_versioned(
+        self, model: str, spec: ModelSpec, arrays: Mapping[str, np.ndarray]
+    ) -> tuple[Arrays, str]:
+        """The same, and the version of ``model`` that computed them."""
+        inputs = [_input(spec, name, array) for name, array in arrays.items()]
+        return self._infer_versioned(model, inputs, spec.output_names)
+
     def _infer(
         self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
-    ) -> dict[str, np.ndarray]:
+    ) -> Arrays:
         return self._infer_versioned(model, inputs, outputs)[0]
 
     def _infer_versioned(
         self, model: str, inputs: list[grpcclient.InferInput], outputs: tuple[str, ...]
-    ) -> tuple[dict[str, np.ndarray], str]:
+    ) -> tuple[Arrays, str]:
         """The outputs, and the version of ``model`` that computed them."""
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         try:
@@ -190,20 +196,27 @@ class TritonBackend:
         arrays = {name: np.array(result.as_numpy(name)) for name in outputs}
         return arrays, str(result.get_response().model_version)
 
+    def _max_batch(self, model: str, spec: ModelSpec) -> int:
+        """``model``'s max_batch_size as the server reports it (the spec's if it reports 0)."""
+        return int(self._model_config(model).get("max_batch_size", 0)) or spec.max_batch_size
+
+    def _model_config(self, model: str) -> dict:
+        try:
+            config = self.client.get_model_config(
+                model, self.model_version, as_json=True, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise translate_error(exc, model) from exc
+        return dict(config["config"])
+
     # --- detection ------------------------------------------------------------------------
 
     def detect(self, image: np.ndarray, max_people: int) -> list[PersonKeypoints]:
-        image = np.ascontiguousarray(image, dtype=np.uint8)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB (H, W, 3) image, got shape {image.shape}")
+        arrays = keypoints_2d.pack_request(image, max_people)
         if max_people <= 0:
             return []
-        tensors = [
-            _input("IMAGE", image[None]),
-            _input("MAX_PEOPLE", np.array([[max_people]], np.int32)),
-        ]
-        out = self._infer(self.keypoints_model, tensors, DETECT_OUTPUTS)
-        return unpack_people(out)[0]
+        out = self._run(self.keypoints_model, keypoints_2d.MODEL, arrays)
+        return keypoints_2d.unpack_response(out)[0]
 
     # --- fitting --------------------------------------------------------------------------
 
@@ -211,49 +224,26 @@ class TritonBackend:
         people = len(inputs.body)
         if people == 0:
             return _empty_fit()
+        arrays = body_fit.pack_request(inputs)
         step = self._max_fit_batch()
-        parts = [self._fit_chunk(inputs, start, start + step) for start in range(0, people, step)]
+        parts = [
+            body_fit.unpack_response(
+                self._run(self.fit_model, body_fit.MODEL, take(arrays, slice(start, start + step)))
+            )
+            for start in range(0, people, step)
+        ]
         if len(parts) == 1:
             return parts[0]
         return FitOutputs(
             **{
                 field: np.concatenate([getattr(p, field) for p in parts])
-                for field in FIT_OUTPUTS.values()
+                for field in body_fit.OUTPUT_FIELDS.values()
             }
         )
 
-    def _fit_chunk(self, inputs: FitInputs, start: int, stop: int) -> FitOutputs:
-        body = np.asarray(inputs.body[start:stop], np.float32)
-        count = len(body)
-        tensors = [
-            _input("BODY", body),
-            _input("HANDS", np.asarray(inputs.hands[start:stop], np.float32)),
-            _input("CAMERA", np.asarray(inputs.camera[start:stop], np.float32)),
-            _input("ITERATIONS", np.full((count, 1), inputs.iterations, np.int32)),
-            _input("SEED", np.full((count, 1), inputs.seed, np.int64)),
-        ]
-        if inputs.prior is not None:  # absent: the model's default (pose_prior if published)
-            if inputs.prior not in PRIOR_CODES:
-                raise ValueError(f"unknown prior {inputs.prior!r}: use {', '.join(PRIOR_CODES)}")
-            code = PRIOR_CODES[inputs.prior]
-            tensors.append(_input("PRIOR", np.full((count, 1), code, np.int32)))
-        out = self._infer(self.fit_model, tensors, tuple(FIT_OUTPUTS))
-        fields = {FIT_OUTPUTS[name]: value for name, value in out.items()}
-        fields["reprojection_error"] = fields["reprojection_error"].reshape(count)
-        fields["prior_version"] = fields["prior_version"].reshape(count).astype(np.int32)
-        return FitOutputs(**fields)
-
     def _max_fit_batch(self) -> int:
         if self._fit_max_batch is None:
-            try:
-                config = self.client.get_model_config(
-                    self.fit_model, self.model_version, as_json=True, client_timeout=self.timeout_s
-                )
-                self._fit_max_batch = (
-                    int(config["config"].get("max_batch_size", 0)) or FIT_MAX_BATCH
-                )
-            except InferenceServerException as exc:
-                raise translate_error(exc, self.fit_model) from exc
+            self._fit_max_batch = self._max_batch(self.fit_model, body_fit.MODEL)
         return self._fit_max_batch
 
     # --- pose prior -----------------------------------------------------------------------
@@ -268,38 +258,23 @@ class TritonBackend:
         noise_level: float = 0.0,
         sampler: str = "ode",
     ) -> PriorRows:
-        seed_rows = np.asarray(seeds, np.int64).reshape(-1)
-        rows = len(seed_rows)
-        if rows == 0:
+        if np.asarray(seeds).size == 0:
             raise ValueError("no rows: give at least one seed")
-        pose_rows = np.zeros((rows, 21, 3), np.float32) if pose is None else pose
-        known_rows = np.zeros((rows, 21), np.bool_) if known is None else known
-        pose_rows = np.ascontiguousarray(pose_rows, np.float32).reshape(rows, 21, 3)
-        known_rows = np.ascontiguousarray(known_rows, np.bool_).reshape(rows, 21)
+        rows = pose_prior.PriorRequest.rows(
+            task, seeds, steps, pose=pose, known=known, noise_level=noise_level, sampler=sampler
+        )
+        arrays = pose_prior.pack_request(rows)
         max_batch, inputs = self._prior_config()
-        extra: dict[str, np.ndarray] = {}
-        if sampler != "ode":
-            if "SAMPLER" not in inputs:
-                raise InferenceError(
-                    f"Triton {PRIOR_MODEL}: the served model has no SAMPLER input, so it "
-                    f"samples with the ODE only; ask for sampler 'ode'"
-                )
-            extra["SAMPLER"] = np.array([[PRIOR_SAMPLERS[sampler]]], np.int32)
+        if "SAMPLER" in arrays and "SAMPLER" not in inputs:
+            raise InferenceError(
+                f"Triton {PRIOR_MODEL}: the served model has no SAMPLER input, so it "
+                f"samples with the ODE only; ask for sampler 'ode'"
+            )
         parts, versions = [], set()
-        for start in range(0, rows, max_batch):
-            stop = min(start + max_batch, rows)
-            count = stop - start
-            tensors = [
-                _input("TASK", np.full((count, 1), int(task), np.int32)),
-                _input("POSE", pose_rows[start:stop]),
-                _input("KNOWN", known_rows[start:stop]),
-                _input("SEED", seed_rows[start:stop, None]),
-                _input("STEPS", np.full((count, 1), steps, np.int32)),
-                _input("NOISE_LEVEL", np.full((count, 1), noise_level, np.float32)),
-                *(_input(name, np.repeat(value, count, 0)) for name, value in extra.items()),
-            ]
-            out, version = self._infer_versioned(PRIOR_MODEL, tensors, ("BODY_POSE",))
-            parts.append(out["BODY_POSE"].reshape(count, 21, 3))
+        for start in range(0, len(rows), max_batch):
+            chunk = take(arrays, slice(start, start + max_batch))
+            out, version = self._run_versioned(PRIOR_MODEL, pose_prior.MODEL, chunk)
+            parts.append(pose_prior.unpack_response(out))
             versions.add(version)
         if len(versions) > 1:
             # A new version went live between two chunks: the rows would mix two priors.
@@ -312,13 +287,8 @@ class TritonBackend:
     def _prior_config(self) -> tuple[int, set[str]]:
         """pose_prior's max_batch_size and input names, read from the server once."""
         if self._prior_config_cache is None:
-            try:
-                config = self.client.get_model_config(
-                    PRIOR_MODEL, self.model_version, as_json=True, client_timeout=self.timeout_s
-                )["config"]
-            except InferenceServerException as exc:
-                raise translate_error(exc, PRIOR_MODEL) from exc
-            max_batch = int(config.get("max_batch_size", 0)) or PRIOR_MAX_BATCH
+            config = self._model_config(PRIOR_MODEL)
+            max_batch = int(config.get("max_batch_size", 0)) or pose_prior.MODEL.max_batch_size
             self._prior_config_cache = (max_batch, {i["name"] for i in config.get("input", [])})
         return self._prior_config_cache
 
@@ -326,112 +296,48 @@ class TritonBackend:
 
     def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
         """One motion to ``motion_denoise`` (no batch dimension: T frames per request)."""
-        inputs.check()
-        tensors = [
-            _input("FPS", np.array([inputs.fps], np.float32)),
-            _input("SEED", np.array([inputs.seed], np.int64)),
-        ]
-        if inputs.iterations is not None:
-            tensors.append(_input("ITERATIONS", np.array([inputs.iterations], np.int32)))
-        motion = {
-            "JOINTS": inputs.joints,
-            "GLOBAL_ORIENT": inputs.global_orient,
-            "BODY_POSE": inputs.body_pose,
-            "PELVIS": inputs.pelvis,
-        }
-        for name, value in motion.items():
-            if value is not None:
-                tensors.append(_input(name, np.asarray(value, np.float32)))
-        out = self._infer(MOTION_MODEL, tensors, MOTION_OUTPUTS)
-        version = int(out["PRIOR_VERSION"].reshape(-1)[0])
-        return MotionOutputs(
-            global_orient=out["GLOBAL_ORIENT"],
-            body_pose=out["BODY_POSE"],
-            pelvis=out["PELVIS"],
-            joints=out["JOINTS"],
-            phenotype=out["PHENOTYPE"],
-            prior_version=version or None,
-        )
+        arrays = motion_denoise.pack_request(inputs)
+        out = self._run(MOTION_MODEL, motion_denoise.MODEL, arrays)
+        return motion_denoise.unpack_response(out)
 
     # --- lifting ----------------------------------------------------------------------------
 
     def lift(self, inputs: LiftInputs) -> LiftOutputs:
         """Tracks to ``pose_lift`` in chunks of its ``max_batch_size`` (each track carries its
         own seed, so chunking does not change a result)."""
-        keypoints = np.ascontiguousarray(inputs.keypoints, np.float32)
-        if keypoints.ndim != 4 or keypoints.shape[2:] != (33, 3) or len(keypoints) == 0:
-            raise ValueError(f"keypoints must be (S >= 1, T, 33, 3), got {keypoints.shape}")
-        tracks = len(keypoints)
-        camera = np.ascontiguousarray(inputs.camera, np.float32).reshape(tracks, 4)
-        seeds = np.ascontiguousarray(inputs.seeds, np.int64).reshape(tracks, 1)
+        arrays = pose_lift.pack_request(inputs)
+        tracks = len(arrays["KEYPOINTS"])
         step = self._max_lift_batch()
-        parts, versions = [], set()
+        parts = []
         for start in range(0, tracks, step):
-            stop = min(start + step, tracks)
-            tensors = [
-                _input("KEYPOINTS", keypoints[start:stop]),
-                _input("CAMERA", camera[start:stop]),
-                _input("HYPOTHESES", np.full((stop - start, 1), inputs.hypotheses, np.int32)),
-                _input("SEED", seeds[start:stop]),
-            ]
-            out = self._infer(LIFT_MODEL, tensors, tuple(LIFT_OUTPUTS))
-            versions.add(int(out.pop("PRIOR_VERSION").reshape(-1)[0]))
-            parts.append(out)
+            chunk = take(arrays, slice(start, start + step))
+            parts.append(pose_lift.unpack_response(self._run(LIFT_MODEL, pose_lift.MODEL, chunk)))
+        versions = {part.prior_version for part in parts}
         if len(versions) > 1:
             # A new prior went live between two chunks: the tracks would mix two priors.
             raise InferenceUnavailable(
                 f"Triton {LIFT_MODEL}: the pose prior changed mid-request (versions "
                 f"{sorted(versions)}); retry"
             )
-        arrays = {
-            LIFT_OUTPUTS[name]: np.concatenate([part[name] for part in parts]) for name in parts[0]
+        arrays_out = {
+            field: np.concatenate([getattr(part, field) for part in parts])
+            for field in pose_lift.ARRAY_FIELDS.values()
         }
-        return LiftOutputs(**arrays, prior_version=versions.pop())
+        return LiftOutputs(**arrays_out, prior_version=versions.pop())
 
     def _max_lift_batch(self) -> int:
         if self._lift_max_batch is None:
-            try:
-                config = self.client.get_model_config(
-                    LIFT_MODEL, self.model_version, as_json=True, client_timeout=self.timeout_s
-                )
-            except InferenceServerException as exc:
-                raise translate_error(exc, LIFT_MODEL) from exc
-            self._lift_max_batch = int(config["config"].get("max_batch_size", 0)) or LIFT_MAX_BATCH
+            self._lift_max_batch = self._max_batch(LIFT_MODEL, pose_lift.MODEL)
         return self._lift_max_batch
 
 
-def _input(name: str, array: np.ndarray) -> grpcclient.InferInput:
-    dtype = {
-        np.dtype(np.bool_): "BOOL",
-        np.dtype(np.uint8): "UINT8",
-        np.dtype(np.int32): "INT32",
-        np.dtype(np.int64): "INT64",
-        np.dtype(np.float32): "FP32",
-    }[array.dtype]
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(np.ascontiguousarray(array))
+def _input(spec: ModelSpec, name: str, array: np.ndarray) -> grpcclient.InferInput:
+    """The request tensor ``name`` of ``spec``'s model (its data type from the spec)."""
+    tensor_spec = spec.input(name)
+    data = tensor_spec.array(array)
+    tensor = grpcclient.InferInput(name, list(data.shape), tensor_spec.dtype)
+    tensor.set_data_from_numpy(data)
     return tensor
-
-
-def unpack_people(out: dict[str, Any]) -> list[list[PersonKeypoints]]:
-    """``keypoints_2d`` outputs (batch of images) back to :class:`PersonKeypoints` lists."""
-    images = []
-    for n in range(len(out["COUNT"])):
-        people = []
-        for i in range(int(out["COUNT"][n].reshape(-1)[0])):
-            hands = out["HANDS"][n, i].astype(np.float32)
-            present = out["HAND_PRESENT"][n, i]
-            people.append(
-                PersonKeypoints(
-                    bbox=out["BBOX"][n, i].astype(np.float32),
-                    score=float(out["SCORE"][n, i]),
-                    body=out["BODY"][n, i].astype(np.float32),
-                    left_hand=hands[0] if present[0] else None,
-                    right_hand=hands[1] if present[1] else None,
-                )
-            )
-        images.append(people)
-    return images
 
 
 def _empty_fit() -> FitOutputs:
@@ -448,28 +354,6 @@ def _empty_fit() -> FitOutputs:
         reprojection_error=np.zeros((0,), np.float32),
         prior_version=np.zeros((0,), np.int32),
     )
-
-
-_backends: dict[tuple[int, str | None], InferenceBackend] = {}
-_backends_lock = threading.Lock()
-
-
-def get_backend(settings: Settings | None = None) -> InferenceBackend:
-    """This process's backend: Triton when ``settings.triton_url`` is set, else in-process.
-
-    Cached per process and URL, so the in-process models load once per worker process.
-    """
-    settings = settings or get_settings()
-    key = (os.getpid(), settings.triton_url)
-    with _backends_lock:
-        backend = _backends.get(key)
-        if backend is None:
-            if settings.triton_url:
-                backend = TritonBackend(settings.triton_url, settings.triton_timeout_s)
-            else:
-                backend = InProcessBackend()
-            _backends[key] = backend
-        return backend
 
 
 def triton_ready(

@@ -2,8 +2,13 @@
 delivery's state and counters in Redis.
 
 The endpoint never comes from a request (no fetching of user-given URLs): the operator sets it
-per API key (``bodyserve keys webhook``), or for open mode in the settings. The Celery task that
-delivers and retries lives in :mod:`services.workers.tasks.webhooks`.
+per API key (``bodyserve keys webhook``), or for open mode in the settings.
+
+:func:`announce_job_end` is called wherever a job may end (the worker's job life cycle, the
+gateway's cancellation); it queues the job's event once, by task name through the broker client
+(:mod:`services.common.broker`), so that the gateway needs no worker code. The Celery task that
+delivers and retries, ``bodyserve.deliver_webhook``, lives in
+:mod:`services.workers.tasks.webhooks`.
 
 An event is POSTed as JSON ``{"id", "type", "created", "job"}`` (``job``: what ``GET
 /v1/jobs/{id}`` answers, links included) with the headers ``Bodyserve-Event-Id`` (the same on
@@ -25,26 +30,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import random
-import secrets
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import httpx
 import redis
 from prometheus_client.core import CounterMetricFamily
-from pydantic import HttpUrl, TypeAdapter, ValidationError
 
-from services.common.jobs import PREFIX, Job, JobStatus, JobStore
-from services.gateway.schemas import JobInfo, WebhookDelivery
-from shared.settings import Settings
+from services.capabilities import WEBHOOK_TASK
+from services.common import broker
+from services.common.job_info import JobInfo, WebhookDelivery
+from services.common.jobs import OPEN_OWNER, PREFIX, Job, JobNotFound, JobStatus, JobStore
+from services.common.keys import key_store
+from services.common.stores import job_store
+from services.common.webhook_endpoints import WebhookEndpoint, open_mode_endpoint
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("bodyserve.webhooks")
 
 EVENT_ID_HEADER = "Bodyserve-Event-Id"
 SIGNATURE_HEADER = "Bodyserve-Signature"
-SECRET_PREFIX = "whsec_"
 USER_AGENT = "bodyserve-webhooks/0.1"
 # How old a signed timestamp a receiver should accept (seconds); verify_signature's default.
 DEFAULT_TOLERANCE_S = 300
@@ -59,44 +70,14 @@ METRICS_KEY = f"{PREFIX}metrics:webhooks"
 DELIVERY_OUTCOMES = ("delivered", "failed", "skipped")
 ATTEMPT_RESULTS = ("delivered", "retryable_error", "permanent_error")
 _ERROR_EXCERPT_BYTES = 200
-_URL = TypeAdapter(HttpUrl)
 
 
-# --------------------------------------------------------------------------- configuration
-
-
-def check_webhook_url(url: str) -> str:
-    """``url`` normalised, or ValueError saying what a webhook URL must be."""
-    try:
-        parsed = _URL.validate_python(url.strip())
-    except ValidationError as exc:
-        reason = exc.errors()[0]["msg"]
-        raise ValueError(
-            f"invalid webhook URL {url!r} ({reason}): give an http:// or https:// URL with a "
-            "host, e.g. https://example.com/hooks/bodyserve"
-        ) from None
-    return str(parsed)
-
-
-def new_secret() -> str:
-    """A signing secret: 32 random bytes, URL-safe base64, after ``whsec_``."""
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-@dataclass(frozen=True)
-class WebhookEndpoint:
-    url: str
-    secret: str
-
-    def __repr__(self) -> str:  # never print the secret in logs or tracebacks
-        return f"WebhookEndpoint(url={self.url!r}, secret=***)"
-
-
-def open_mode_endpoint(settings: Settings) -> WebhookEndpoint | None:
-    """The settings' endpoint (``webhook_url`` + ``webhook_secret``), for open-mode jobs."""
-    if settings.webhook_url is None or settings.webhook_secret is None:
-        return None
-    return WebhookEndpoint(str(settings.webhook_url), settings.webhook_secret.get_secret_value())
+def endpoint_for(owner: str) -> WebhookEndpoint | None:
+    """Where the events of ``owner``'s jobs go: its API key's endpoint, or in open mode the
+    settings' one; None when there is none."""
+    if owner == OPEN_OWNER:
+        return open_mode_endpoint(get_settings())
+    return key_store().webhook_endpoint(owner)
 
 
 def public_base_url(settings: Settings) -> str:
@@ -360,3 +341,63 @@ def metric_families(client: redis.Redis) -> list[CounterMetricFamily]:
     for result in ATTEMPT_RESULTS:
         attempts.add_metric([result], counts.get(f"attempts|{result}", 0.0))
     return [deliveries, attempts]
+
+
+# --------------------------------------------------------------------------- announcing an end
+
+
+@lru_cache(maxsize=1)
+def delivery_log() -> DeliveryLog:
+    """This process's delivery log, on the job store's Redis."""
+    return DeliveryLog(job_store().redis)
+
+
+def record_delivery(
+    deliveries: DeliveryLog,
+    job_id: str,
+    state: WebhookDelivery,
+    attempt: AttemptResult | None = None,
+    outcome: str | None = None,
+) -> None:
+    """Write the state and counters; a Redis hiccup here must not undo a delivery."""
+    try:
+        deliveries.update(job_id, state)
+        deliveries.count(attempt, outcome)
+    except redis.RedisError:
+        log.warning("could not record webhook state of job %s", job_id, exc_info=True)
+
+
+def announce_job_end(job_id: str) -> str | None:
+    """Queue the event of job ``job_id`` if it has ended and its owner has a webhook endpoint.
+
+    Once per job: every place where a job may end calls it, the first call claims the event.
+    Returns the event id when this call queued it, else None. Never raises: a job's outcome
+    does not depend on its webhook (a failure is logged, and shown on the job when it can be).
+    """
+    deliveries = delivery_log()
+    try:
+        job = job_store().get(job_id)
+        if not job.status.terminal or endpoint_for(job.owner) is None:
+            return None
+        event = job_event(job, public_base_url(get_settings()))
+        if not deliveries.claim(job_id, event.id):
+            return None
+    except JobNotFound:
+        return None
+    except redis.RedisError as exc:  # the job's own retry (or the client) will see it too
+        log.warning("no webhook event for job %s: Redis unavailable (%s)", job_id, exc)
+        return None
+    except Exception:
+        log.exception("could not prepare the webhook event of job %s", job_id)
+        return None
+    try:
+        # By name, to the webhooks queue (the table's route): any worker delivers it.
+        broker.send_task(WEBHOOK_TASK, [job_id, job.owner, event.id, event.body], event.id)
+    except Exception as exc:
+        log.exception("could not queue webhook event %s of job %s", event.id, job_id)
+        failed = WebhookDelivery(
+            status="failed", event_id=event.id, attempts=0, last_error=f"not queued: {exc}"
+        )
+        record_delivery(deliveries, job_id, failed, outcome="failed")
+        return None
+    return event.id

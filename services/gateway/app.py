@@ -15,7 +15,15 @@ from services.gateway.deps import job_store, settings
 from services.gateway.errors import error_responses
 from services.gateway.limits import MULTIPART_OVERHEAD_BYTES, BodyLimit, BodySizeLimit
 from services.gateway.metrics import RedisJobCollector, RequestMetrics, registry
-from services.gateway.routes import datasets, health, images, jobs, mesh_recovery, poses
+from services.gateway.routes import (
+    capabilities,
+    datasets,
+    health,
+    images,
+    jobs,
+    mesh_recovery,
+    poses,
+)
 from services.gateway.schemas import ErrorBody
 
 log = logging.getLogger("bodyserve.gateway")
@@ -30,11 +38,15 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)  # /healthz, /readyz, /metrics: no key
-    # Every /v1 route: an API key (401 without), whose principal owns the jobs it submits.
+    # Every /v1 route: an API key (401 without), whose principal owns the jobs it submits; and
+    # the errors each router's routes may answer besides their own.
     submission_routers = (mesh_recovery.router, poses.router, datasets.router, images.router)
-    v1_routers = (*submission_routers, jobs.router)
-    for router in v1_routers:
-        responses = V1_ERRORS | (SUBMISSION_ERRORS if router in submission_routers else JOB_ERRORS)
+    v1_routers = (
+        *((router, V1_ERRORS | SUBMISSION_ERRORS) for router in submission_routers),
+        (jobs.router, V1_ERRORS | JOB_ERRORS),
+        (capabilities.router, V1_ERRORS),
+    )
+    for router, responses in v1_routers:
         app.include_router(
             router, dependencies=[Depends(authenticate)], responses=error_responses(responses)
         )
@@ -62,7 +74,7 @@ def create_app() -> FastAPI:
             f"{MULTIPART_OVERHEAD_BYTES} bytes for the other form fields",
             "send a smaller image (downscaled, or saved as JPEG)",
         ),
-        upload_paths=_upload_paths(v1_routers),
+        upload_paths=_upload_paths(router for router, _ in v1_routers),
     )
     app.add_middleware(RequestMetrics)
     return app

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.keys import OPEN_PRINCIPAL, ApiKey, KeyStore, Principal, parse_token
+from services.gateway.deps import async_redis
 from services.gateway.errors import ApiError
 from shared.settings import get_settings
 
@@ -60,9 +61,6 @@ async def authenticate(
 async def _verify(token: str) -> ApiKey | None:
     """``KeyStore.verify`` on the event loop, with the gateway's async Redis client: every
     /v1 request passes here, and a worker-thread hop per request cost more than the lookup."""
-    # Imported here: jobs_api imports this module (current_principal).
-    from services.gateway.jobs_api import async_redis
-
     parsed = parse_token(token)
     if parsed is None:
         return None

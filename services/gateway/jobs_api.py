@@ -11,7 +11,6 @@ from functools import cache
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -20,6 +19,9 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URLPath
 
+from services.capabilities import CAPABILITIES
+from services.common import broker
+from services.common.job_info import JobInfo
 from services.common.jobs import (
     OPEN_OWNER,
     Job,
@@ -32,6 +34,7 @@ from services.common.jobs import (
 from services.common.keys import Principal, RateLimited, submission_limiter
 from services.common.stores import artifact_store, job_store
 from services.gateway.auth import current_principal
+from services.gateway.deps import async_redis
 from services.gateway.errors import ApiError, error_responses
 from services.gateway.idempotency import (
     REPLAYED_HEADER,
@@ -42,13 +45,9 @@ from services.gateway.idempotency import (
     mismatch,
 )
 from services.gateway.metrics import JOBS_SUBMITTED
-from services.gateway.schemas import JobInfo
-from services.workers.celery_app import QUEUES, TASKS
-from services.workers.celery_app import app as celery_app
 from shared.settings import get_settings
 from shared.storage import ArtifactStore
 
-_async_redis: aioredis.Redis | None = None
 _idempotency_keys: IdempotencyKeys | None = None
 _record_script: AsyncScript | None = None
 # How long a repeat of an idempotent request waits for the job its first try is creating.
@@ -56,13 +55,6 @@ IDEMPOTENT_WAIT_S = 10.0
 # Retry-After of the concurrent-job quota: when one of the jobs ends cannot be known, and a
 # few seconds is about what a job takes.
 QUOTA_RETRY_AFTER_S = 5
-
-
-def async_redis() -> aioredis.Redis:
-    global _async_redis
-    if _async_redis is None:
-        _async_redis = aioredis.Redis.from_url(get_settings().redis_url, decode_responses=True)
-    return _async_redis
 
 
 def idempotency_keys() -> IdempotencyKeys:
@@ -99,15 +91,16 @@ def submit_job(
 ) -> Job:
     """Record the job, store its inputs, then enqueue it; the job exists before its message.
 
-    :class:`QuotaExceeded` when ``owner`` already has ``max_active`` jobs that have not ended.
+    ``capability``: a name of the capability table, whose task (routed to its queue) is sent by
+    name. :class:`QuotaExceeded` when ``owner`` already has ``max_active`` jobs that have not
+    ended.
     """
+    task = CAPABILITIES[capability].task  # before anything is recorded: a typo is a bug
     job = store.create(capability, options, job_id, owner=owner, max_active=max_active)
     for name, data in uploads.items():
         artifacts.put(job.id, name, data)
     try:
-        celery_app.send_task(
-            TASKS[capability], args=[job.id], task_id=job.id, queue=QUEUES[capability]
-        )
+        broker.send_task(task, [job.id], job.id)
     except Exception as exc:  # broker down: the job must not look accepted
         store.finish(job.id, JobStatus.failed, error="could not be queued: broker unavailable")
         raise ApiError(

@@ -15,9 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.capabilities import JOB_QUEUES
 from services.common.jobs import DURATION_BUCKETS, JobStore
 from services.common.webhooks import metric_families as webhook_metric_families
-from services.workers.celery_app import QUEUES
 
 registry = CollectorRegistry()
 REQUESTS = Counter(
@@ -91,7 +91,7 @@ class RedisJobCollector(Collector):
     def collect(self) -> Iterable:
         try:
             raw = self.store.outcome_metrics()
-            depths = {q: self.store.redis.llen(q) for q in QUEUES.values()}
+            depths = {q: self.store.redis.llen(q) for q in JOB_QUEUES}
         except redis.RedisError:
             return
         jobs = CounterMetricFamily(

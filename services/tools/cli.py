@@ -7,11 +7,22 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.common.keys import KeyNotFound, key_store
+from services.common.retention import cleanup as run_cleanup
+from services.common.stores import artifact_store, job_store
+from services.common.webhook_endpoints import check_webhook_url
+from services.tools.dataset_commands import dataset_app
+from services.tools.stack_commands import stack_app, triton_app
+from services.tools.triton_launcher import prepare_backend_dir
+from services.trainer.train_prior import train_app
+from shared.io.images import decode_image, exif_focal_length_px
+from shared.schemas.mesh_recovery import MeshRecoveryOptions
 from shared.settings import get_settings
 
 app = typer.Typer(help="bodyserve: 3D human understanding, served.", no_args_is_help=True)
@@ -23,9 +34,6 @@ console = Console()
 
 
 def _mount_subapps() -> None:
-    from services.tools.dataset_commands import dataset_app
-    from services.tools.stack_commands import stack_app, triton_app
-    from services.trainer.train_prior import train_app
 
     app.add_typer(stack_app, name="stack", help="Start, stop or inspect the local stack.")
     app.add_typer(triton_app, name="triton", help="Run Triton with bodyserve's models.")
@@ -81,8 +89,6 @@ def keys_create(
     ] = False,
 ) -> None:
     """Issue a key and print it once (only its hash is stored)."""
-    from services.common.keys import key_store
-    from services.common.webhooks import check_webhook_url
 
     if webhook_url is not None:
         try:
@@ -136,7 +142,6 @@ def keys_webhook(
 
     A new signing secret is printed once when the key had none (or with --rotate-secret);
     changing the URL keeps the secret."""
-    from services.common.keys import KeyNotFound, key_store
 
     if clear == (url is not None):
         raise typer.BadParameter("give either a URL or --clear", param_hint="URL")
@@ -165,7 +170,6 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Every key: id, name, created, revoked, limits (never the secrets)."""
-    from services.common.keys import key_store
 
     keys = key_store().list()
     if as_json:
@@ -192,7 +196,6 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
     """Revoke a key at once: its requests get 401 (jobs it already queued still run)."""
-    from services.common.keys import KeyNotFound, key_store
 
     try:
         key = key_store().revoke(key_id)
@@ -221,8 +224,6 @@ def cleanup(
     """Delete the artifacts (uploads, outputs) of jobs whose record has expired or was
     deleted, in BODYSERVE_ARTIFACT_DIR; the workers also do it every
     BODYSERVE_CLEANUP_INTERVAL_S."""
-    from services.common.retention import cleanup as run_cleanup
-    from services.common.stores import artifact_store, job_store
 
     settings = get_settings()
     grace = settings.cleanup_grace_s if grace_s is None else grace_s
@@ -253,7 +254,7 @@ def cleanup(
 @app.command()
 def setup() -> None:
     """Build Anny's cache (once, about a minute) and prepare Triton's backend folder."""
-    from services.tools.triton_launcher import prepare_backend_dir
+    # Model libraries load in the commands that use them: `bodyserve keys ...` and --help stay fast.
     from shared.bodies.anny_model import build_anny_cache
 
     with console.status("building Anny's cache (first time only: about a minute)"):
@@ -305,10 +306,9 @@ def recover(
     ] = 1,
 ) -> None:
     """Recover 3D bodies from photos, in this process (no server needed)."""
+    # torch, Anny and mediapipe load here, not for every command.
     from shared.inference.local import InProcessBackend
-    from shared.io.images import decode_image, exif_focal_length_px
     from shared.pipeline.mesh_recovery import recover as run
-    from shared.schemas.mesh_recovery import MeshRecoveryOptions
 
     settings = get_settings()
     options = MeshRecoveryOptions(
@@ -364,7 +364,6 @@ def submit(
     timeout: float = 120.0,
 ) -> None:
     """Send photos to a running gateway (see `bodyserve stack up`) and download the results."""
-    import httpx
 
     settings = get_settings()
     base = url or f"http://{settings.gateway_host}:{settings.gateway_port}"

@@ -14,8 +14,12 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from shared.datasets.spec import DatasetSpec, SpecError, check_inputs
+from shared.settings import get_settings
 
 dataset_app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -27,11 +31,8 @@ def generate(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out/dataset"),
 ) -> None:
     """Make a synthetic dataset in-process: WebDataset shards, card, contact sheet."""
-    from pydantic import ValidationError
-
+    # The renderer, torch and Anny load here, not for every `bodyserve` command.
     from shared.datasets.generate import DatasetMaker, FolderSink
-    from shared.datasets.spec import DatasetSpec, SpecError, check_inputs
-    from shared.settings import get_settings
 
     try:
         spec = DatasetSpec.model_validate_json(spec_file.read_text())
@@ -40,6 +41,7 @@ def generate(
         raise typer.BadParameter(str(exc), param_hint="SPEC_FILE") from exc
     prior = None
     if spec.poses.source == "prior":
+        # The pose prior (torch) loads only for datasets that draw from it.
         from shared.datasets.sampling import PRIOR_STEPS
         from shared.inference.local import InProcessBackend
         from shared.prior.rows import PriorTask

@@ -10,8 +10,10 @@ no API keys) unless the environment sets ``BODYSERVE_AUTH_MODE``.
 - ``redis``: ``redis-server`` on its own port (6390) with ``--dir <var_dir>/redis`` and AOF
   persistence (fsync every second), as in the containers; only when no Redis URL is given
   (``BODYSERVE_REDIS_URL`` in the environment, or ``redis_url``).
-- ``triton``: ``tritonserver`` as built by :mod:`services.tools.triton_launcher` (python backend, CPU).
-- ``worker-<queue>``: one Celery worker per queue (``-c 1``, prefetch 1).
+- ``triton``: ``tritonserver`` as built by :mod:`services.tools.triton_launcher` (python
+  backend, CPU), ready when it serves every model of the capability table.
+- ``worker-<queue>``: one Celery worker per queue of the capability table (``-c 1``, prefetch
+  1), serving the webhooks queue too.
 - ``gateway``: ``uvicorn services.gateway.app:app``.
 
 ``up()`` is idempotent (a component already running is reported, not restarted) and waits for
@@ -50,11 +52,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+import redis
+from celery import Celery
+
+from services.capabilities import JOB_QUEUES, TRITON_MODELS, WEBHOOKS_QUEUE
+from services.common.triton_backend import triton_ready
 from services.tools.triton_launcher import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
-    MODELS,
     TritonOptions,
     TritonStartupError,
     triton_command,
@@ -63,7 +70,6 @@ from services.tools.triton_launcher import (
 from shared.settings import REPO_ROOT, get_settings
 
 DEFAULT_REDIS_PORT = 6390
-DEFAULT_QUEUES: tuple[str, ...] = ("mesh_recovery", "poses", "datasets")
 ALL_COMPONENTS: tuple[str, ...] = ("redis", "triton", "workers", "gateway")
 CELERY_APP = "services.workers.celery_app:app"
 COMPUTE_NICENESS = 10
@@ -89,10 +95,12 @@ class StackConfig:
     triton_grpc_port: int = DEFAULT_GRPC_PORT
     triton_metrics_port: int = DEFAULT_METRICS_PORT
     gateway_port: int = 8000
-    queues: list[str] = field(default_factory=lambda: list(DEFAULT_QUEUES))
+    # One worker per queue of the capability table (services/capabilities.py), as compose's.
+    queues: list[str] = field(default_factory=lambda: list(JOB_QUEUES))
     components: list[str] = field(default_factory=lambda: list(ALL_COMPONENTS))
     model_repository: Path | None = None  # default: settings.model_repository
-    models: list[str] = field(default_factory=lambda: list(MODELS))  # Triton models to wait for
+    # The Triton models to wait for: every one the capability table names.
+    models: list[str] = field(default_factory=lambda: list(TRITON_MODELS))
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_pythonpath: list[str] = field(default_factory=list)  # for Triton's python models too
     startup_timeout_s: float = 300.0
@@ -443,8 +451,8 @@ class LocalStack:
                 sys.executable, "-m", "celery",
                 "-A", CELERY_APP,
                 "worker",
-                # Its queue and the webhooks queue every worker serves (celery_app).
-                "-Q", ",".join(dict.fromkeys([queue, "webhooks"])),
+                # Its queue and the webhooks queue every worker serves.
+                "-Q", ",".join(dict.fromkeys([queue, WEBHOOKS_QUEUE])),
                 "-c", "1",
                 "--prefetch-multiplier", "1",
                 "-n", f"{queue}@%h",
@@ -521,22 +529,16 @@ class LocalStack:
         """One readiness check of component ``name`` (never raises)."""
         try:
             if name == "redis":
-                import redis
-
                 client = redis.Redis.from_url(self.redis_url, socket_timeout=timeout_s)
                 try:
                     return bool(client.ping())
                 finally:
                     client.close()
             if name == "triton":
-                from services.common.triton_backend import triton_ready
-
                 return triton_ready(self.triton_url, tuple(self.config.models), timeout_s)
             if name.startswith("worker-"):
                 return self._ping_worker(name.removeprefix("worker-"), timeout_s)
             if name == "gateway":
-                import httpx
-
                 # /readyz wants a worker; a stack without workers (a gateway on its own, for
                 # API tests) is ready when the gateway answers.
                 probe = "/readyz" if "workers" in self.config.components else "/healthz"
@@ -546,7 +548,6 @@ class LocalStack:
         return False
 
     def _ping_worker(self, queue: str, timeout_s: float) -> bool:
-        from celery import Celery
 
         app = Celery("bodyserve-stack-probe", broker=self.redis_url)
         try:

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.capabilities import JOB_QUEUES
 from services.tools.local_stack import (
-    DEFAULT_QUEUES,
     ComponentStatus,
     LocalStack,
     StackConfig,
@@ -112,7 +112,7 @@ def up(
         triton_grpc_port=triton_grpc_port,
         triton_metrics_port=triton_metrics_port,
         gateway_port=gateway_port,
-        queues=list(queue or DEFAULT_QUEUES),
+        queues=list(queue or JOB_QUEUES),
         components=components,
         startup_timeout_s=timeout,
     )
@@ -148,7 +148,7 @@ def status(var_dir: VarDir = None, as_json: AsJson = False) -> None:
 
 @stack_app.command("restart-worker")
 def restart_worker(
-    queue: Annotated[str, typer.Argument(help="The worker's queue.")] = DEFAULT_QUEUES[0],
+    queue: Annotated[str, typer.Argument(help="The worker's queue.")] = JOB_QUEUES[0],
     hard: Annotated[bool, typer.Option(help="kill -9 (as a crash) rather than SIGTERM.")] = False,
     var_dir: VarDir = None,
 ) -> None:

@@ -39,10 +39,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.settings import REPO_ROOT, Settings, get_settings
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-MODELS: tuple[str, ...] = ("keypoints_2d", "body_fit", "pose_lift")
-"""The models of ``model_repository/`` the stack waits for (every model of the repository loads)."""
+from services.capabilities import TRITON_MODELS
+from shared.settings import REPO_ROOT, Settings, get_settings
 
 DEFAULT_HTTP_PORT = 8100
 DEFAULT_GRPC_PORT = 8101
@@ -185,7 +186,7 @@ class TritonCommand:
     grpc_port: int
     metrics_port: int
     address: str = "127.0.0.1"
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = TRITON_MODELS  # what it serves when ready: the table's models
 
     @property
     def grpc_url(self) -> str:
@@ -297,20 +298,19 @@ def _strip_scheme(url: str) -> str:
 
 def wait_ready(
     url: str,
-    models: Iterable[str] = MODELS,
+    models: Iterable[str] = TRITON_MODELS,
     timeout: float = 120.0,
     *,
     process: subprocess.Popen[bytes] | None = None,
     poll_s: float = 0.25,
 ) -> float:
-    """Wait until Triton at gRPC ``url`` (``host:port``) is ready with every model in ``models``.
+    """Wait until Triton at gRPC ``url`` (``host:port``) is ready with every model in ``models``
+    (default: every model of the capability table, :data:`services.capabilities.TRITON_MODELS`).
 
     Returns the seconds waited. Raises :class:`TritonStartupError` at once when ``process``
     has exited or when a model is reported ``UNAVAILABLE`` (its load failed; the message says
     why), and after ``timeout`` seconds otherwise.
     """
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
 
     models = list(models)
     start = time.monotonic()

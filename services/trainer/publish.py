@@ -2,13 +2,14 @@
 
 Protocol (:func:`publish_prior`), under a lock file so two publishers never race:
 
-1. make sure the repository has the model folder (``config.pbtxt``, the ``model.py`` template,
+1. make sure the repository has the model folder (``config.pbtxt``, ``model.py``,
    ``bootstrap.py``), copied from this checkout's ``model_repository/`` when missing (a fresh
    volume);
 2. if the newest published version holds the same ``prior.pt`` (sha256), publish nothing: a
    rerun of a finished job is a no-op apart from the Triton reload;
-3. write ``model.py`` (a copy of ``pose_prior/model.py``; the logic lives in
-   :mod:`shared.prior.rows`), ``prior.pt`` and ``record.json`` into a hidden staging folder
+3. write ``prior.pt``, ``record.json`` and the link ``model.py -> ../model.py`` (Triton's
+   python backend runs ``<N>/model.py``; the code is the model's one implementation,
+   ``pose_prior/model.py``, never a copy: docs/model_versions.md) into a hidden staging folder
    ``pose_prior/.staging-<N>-<pid>`` (Triton skips hidden folders), validate it in-process
    (load, run the three tasks, check finite), then rename it to ``pose_prior/<N>`` (atomic);
 4. with a Triton URL: ask Triton (explicit model control) to load ``pose_prior`` again and
@@ -22,8 +23,9 @@ READY and keeps answering, and version N stays listed as UNAVAILABLE, which make
 N loads or the server restarts; unloading and loading the model again does not clear it. The
 broken folder would still be picked by the next load or restart and by
 :func:`shared.prior.registry.load_latest_prior`, so it is moved to
-``pose_prior/.rejected/<N>-<UTC time>/`` (files kept, plus ``REJECTED.txt``; inside the model
-folder because Triton takes any folder at the repository root for a model), Triton is asked
+``pose_prior/.rejected/<N>-<UTC time>/`` (its files kept, plus ``REJECTED.txt``, less the
+``model.py`` link, which would point nowhere there; inside the model folder because Triton
+takes any folder at the repository root for a model), Triton is asked
 to load the model again only if the previous version is not READY (a load request after a
 failed one reloads the serving version for nothing) and :class:`PublishError` says what
 happened. The next publish reuses the number N, which brings the server's readiness back.
@@ -48,8 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-from shared.prior.model import PRIOR_FILENAME
+from shared.prior.model import PRIOR_FILENAME, PosePrior
 from shared.prior.registry import (
     MODEL_FILENAME,
     MODEL_NAME,
@@ -61,6 +65,7 @@ from shared.prior.registry import (
     next_version,
     read_record,
 )
+from shared.prior.rows import PriorTask, run_prior_rows
 from shared.settings import REPO_ROOT
 
 PRIOR_DEPENDENT_MODELS: tuple[str, ...] = ("body_fit", "motion_denoise")
@@ -120,8 +125,9 @@ def _utc_now() -> dt.datetime:
 
 
 def ensure_model_folder(repository: Path, model_name: str = MODEL_NAME) -> Path:
-    """``<repository>/<model_name>`` with its config, model template and the repository's
-    ``bootstrap.py``, each copied from this checkout when missing. Returns the model folder."""
+    """``<repository>/<model_name>`` with its config, its ``model.py`` (the code every version
+    links to) and the repository's ``bootstrap.py``, each copied from this checkout when
+    missing. Returns the model folder."""
     repository = Path(repository)
     model_dir = repository / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -152,8 +158,6 @@ def _publish_lock(model_dir: Path) -> Iterator[None]:
 def validate_version_dir(version_dir: Path, rows: int = 2, steps: int = 4) -> None:
     """Loads the folder's prior and runs every task on a few rows; raises ``ValueError`` when a
     result is not finite or not (rows, 21, 3), and whatever loading raises."""
-    from shared.prior.model import PosePrior
-    from shared.prior.rows import PriorTask, run_prior_rows
 
     prior = PosePrior.load(version_dir / PRIOR_FILENAME)
     seeds = np.arange(rows, dtype=np.int64)
@@ -174,6 +178,9 @@ def _reject(model_dir: Path, version_dir: Path, version: int, reason: str) -> Pa
     target = model_dir / REJECTED_DIR / f"{version}-{stamp}"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(version_dir), str(target))
+    code = target / MODEL_FILENAME
+    if code.is_symlink():  # the link to ../model.py: the code is the model's, not the version's
+        code.unlink()
     (target / REJECTED_NOTE).write_text(f"rejected at {stamp}\n{reason}\n")
     return target
 
@@ -217,8 +224,6 @@ def reload_in_triton(
     When Triton cannot load ``version``, the folder is moved to ``.rejected/``, Triton is asked
     to load the model again (the previous version) and :class:`PublishError` is raised.
     """
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
 
     model_dir = Path(repository) / model_name
     url = _strip_scheme(triton_url)
@@ -291,7 +296,6 @@ def _roll_back(
     log: Callable[[str], None],
 ) -> PublishError:
     """Moves the version Triton refused out of the repository and loads the model again."""
-    from tritonclient.utils import InferenceServerException
 
     model_name = model_dir.name
     log(f"Triton refused {model_name} version {version}: {failure}")
@@ -383,7 +387,9 @@ def _stage_and_rename(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        shutil.copy2(model_dir / MODEL_FILENAME, staging / MODEL_FILENAME)
+        # The model's one implementation, linked (relative: the folder is renamed, and the
+        # repository may be mounted anywhere).
+        os.symlink(Path(os.pardir) / MODEL_FILENAME, staging / MODEL_FILENAME)
         # Triton 2.51 reloads a version whose folder's mtime changed, and the python stub's
         # bytecode cache would create __pycache__ in it on the first load: make it now, so
         # that later load requests (a rollback, a rerun) leave this version alone.

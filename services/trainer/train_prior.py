@@ -12,7 +12,7 @@ Steps, all in the run folder ``--out``:
    ``<repository>/pose_prior`` and, with a Triton URL, make it live (see
    :mod:`services.trainer.publish`).
 
-Entry points: ``bodyserve train prior ...`` and ``python -m services.trainer.train_prior prior ...``.
+Entry points: ``bodyserve train prior ...`` and ``python -m services.trainer prior ...``.
 Exit codes: 0 done, 1 failed (the message says why), 130 interrupted (rerun to continue).
 """
 
@@ -28,6 +28,7 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -78,6 +79,7 @@ def mocap_files(data_dir: Path) -> list[Path]:
 
 def _ingestion_code_hash() -> str:
     """Hash of the ingestion code: a dataset built by other code is rebuilt."""
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     import shared.mocap
 
     digest = hashlib.sha256()
@@ -167,6 +169,7 @@ def load_or_build_dataset(run: PriorRun) -> tuple[PoseDataset, dict[str, Any]]:
 
     Returns the dataset and its stamp (inputs hash, file count, options).
     """
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     from shared.mocap import PoseDataset, build_dataset
 
     files = mocap_files(run.data)
@@ -219,6 +222,7 @@ def load_or_build_dataset(run: PriorRun) -> tuple[PoseDataset, dict[str, Any]]:
 
 
 def _newest_checkpoint_step(out: Path) -> int | None:
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     from shared.prior.training import CHECKPOINT_DIR
 
     steps = [int(p.stem.split("_")[-1]) for p in (out / CHECKPOINT_DIR).glob("step_*.pt")]
@@ -236,6 +240,7 @@ def train_with_progress(
 ) -> TrainResult:
     """Train (N, 21, 3) and valid (M, 21, 3) body poses -> the trained prior, with
     :func:`shared.prior.training.train` under a rich progress bar, evaluations logged."""
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     from shared.prior.training import train
 
     with Progress(
@@ -278,6 +283,7 @@ def train_with_progress(
 
 def machine_info() -> dict[str, Any]:
     """Where the prior was trained (a record's ``machine``)."""
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     import torch
 
     return {
@@ -299,7 +305,6 @@ def _git(*args: str) -> str:
 
 def software_info() -> dict[str, Any]:
     """bodyserve's version and, in a git checkout, the commit (None in an image without git)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         package_version: str | None = version("bodyserve")
@@ -359,6 +364,7 @@ def run_prior_training(run: PriorRun) -> dict[str, Any]:
     ``typer.BadParameter`` for bad options, :class:`services.trainer.publish.PublishError` when
     publishing fails, ``KeyboardInterrupt`` when interrupted.
     """
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     from shared.prior.training import TrainConfig
 
     started = time.perf_counter()
@@ -535,6 +541,7 @@ def prior(
     ] = False,
 ) -> None:
     """Train the pose prior on mocap, then publish it (and hot-reload Triton)."""
+    # torch and the training stack load when training runs, not with every `bodyserve` command.
     from services.trainer.publish import PublishError
 
     run = PriorRun(

@@ -23,9 +23,10 @@ A capability's task is a thin adapter: it names a *work* function that turns the
 Redis commands of the job life cycle go through :func:`worker_job_store`, whose client retries
 for ``worker_redis_outage_s``: a job running across a Redis restart finishes normally.
 
-Define a task with :func:`job_task`::
+Define a task with :func:`job_task`, which takes its name and time limits from the capability
+table (:mod:`services.capabilities`)::
 
-    @job_task("bodyserve.pose_generation")
+    @job_task(CAPABILITIES["pose_generation"])
     def pose_generation(self: Task, job_id: str) -> str:
         return run_job(self, job_id, generate_work)
 """
@@ -50,11 +51,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 
+from services.capabilities import Capability
+from services.common.backends import get_backend
 from services.common.jobs import HEARTBEAT_S, JobNotFound, JobStatus, JobStore
 from services.common.stores import artifact_store, job_store
-from services.common.triton_backend import get_backend
+from services.common.webhooks import announce_job_end
 from services.workers.celery_app import app
-from services.workers.tasks.webhooks import announce_job_end
+from shared.bodies.anny_model import get_anny
 from shared.inference.contracts import InferenceBackend, InferenceUnavailable
 from shared.settings import get_settings
 from shared.storage import ArtifactStore
@@ -96,7 +99,6 @@ def backend() -> InferenceBackend:
 
 def warm_up() -> None:
     """Load what every task needs, once per worker process."""
-    from shared.bodies.anny_model import get_anny
 
     get_anny()
     backend()
@@ -129,17 +131,18 @@ class JobContext:
 JobWork = Callable[[JobContext], JobOutput]
 
 
-def job_task(
-    name: str, soft_time_limit_s: int | None = None
-) -> Callable[[Callable[..., str]], Any]:
-    """``@app.task`` for a job: bound, named ``name``; :func:`run_job` retries it on
-    :data:`TRANSIENT_ERRORS` up to ``job_max_retries`` times. ``soft_time_limit_s``: this
-    task's own time limit (the hard one a minute later) instead of the settings' job limits."""
-    JOB_TASK_NAMES.add(name)
-    limits = {}
-    if soft_time_limit_s is not None:
-        limits = {"soft_time_limit": soft_time_limit_s, "time_limit": soft_time_limit_s + 60}
-    return app.task(bind=True, name=name, max_retries=get_settings().job_max_retries, **limits)
+def job_task(capability: Capability) -> Callable[[Callable[..., str]], Any]:
+    """``@app.task`` for the job of ``capability``: bound, named after its task, with its time
+    limits (the table's); :func:`run_job` retries it on :data:`TRANSIENT_ERRORS` up to
+    ``job_max_retries`` times."""
+    JOB_TASK_NAMES.add(capability.task)
+    settings = get_settings()
+    return app.task(
+        bind=True,
+        name=capability.task,
+        max_retries=settings.job_max_retries,
+        **capability.time_limits.celery_options(settings),
+    )
 
 
 def retry_delay_s(retries: int, rng: random.Random | None = None) -> float:
@@ -185,12 +188,10 @@ def _fail_job_past_hard_limit(
     if sender.name not in JOB_TASK_NAMES:
         return
     job_id = str(args[0])
+    limit_s = sender.time_limit or get_settings().job_hard_time_limit_s
     with contextlib.suppress(redis.RedisError):  # the main process: no long Redis retries
         job_store().finish(
-            job_id,
-            JobStatus.failed,
-            error=f"the job took longer than {get_settings().job_hard_time_limit_s} s and "
-            "was killed",
+            job_id, JobStatus.failed, error=f"the job took longer than {limit_s} s and was killed"
         )
     announce_job_end(job_id)  # its webhook event, as run_job's ending sends it
 

@@ -35,9 +35,11 @@ from collections.abc import Iterable
 
 import redis
 from celery import Celery
+from celery.worker import state
 
+from services.capabilities import CAPABILITIES, LEASED_TASKS
 from services.common.jobs import HEARTBEAT_S, LEASE_TTL_S, PREFIX, JobNotFound, JobStore
-from services.workers.celery_app import LEASED_TASKS, QUEUES, TASKS
+from services.workers.lifecycle import JOB_TASK_NAMES
 from shared.settings import get_settings
 
 log = logging.getLogger("bodyserve.recovery")
@@ -56,7 +58,6 @@ ORPHAN_LOCK = f"{PREFIX}orphan-sweep"
 def held_delivery_tags() -> set[str]:
     """The delivery tags of the messages this worker process's consumer holds: running,
     reserved for a pool slot, or scheduled for a retry's countdown."""
-    from celery.worker import state
 
     pools = (state.reserved_requests, state.active_requests, state.scheduled_requests)
     for _ in range(10):
@@ -179,7 +180,6 @@ def requeue_orphans(
     holds no lease and has no message anywhere, at two passes at least ``orphan_after_s / 4``
     apart (a message moving from the queue to a worker is in neither for an instant).
     """
-    from services.workers.lifecycle import JOB_TASK_NAMES
 
     now = time.time()
     candidates = []
@@ -190,7 +190,8 @@ def requeue_orphans(
                 job = store.get(job_id)
             except JobNotFound:
                 continue
-            if job.status.terminal or TASKS.get(job.capability) not in JOB_TASK_NAMES:
+            capability = CAPABILITIES.get(job.capability)
+            if job.status.terminal or capability is None or capability.task not in JOB_TASK_NAMES:
                 continue
             if now - job.created_at < orphan_after_s or store.lease_held(job_id):
                 continue
@@ -211,12 +212,8 @@ def requeue_orphans(
             continue
         if not store.requeue(job.id, "queued again: its message was lost"):
             continue  # it ended meanwhile
-        app.send_task(
-            TASKS[job.capability],
-            args=[job.id],
-            task_id=job.id,
-            queue=QUEUES[job.capability],
-        )
+        capability = CAPABILITIES[job.capability]
+        app.send_task(capability.task, args=[job.id], task_id=job.id, queue=capability.queue)
         client.delete(mark)
         requeued.append(job.id)
         log.warning("queued job %s again: its message was lost", job.id)

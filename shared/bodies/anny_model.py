@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import roma
@@ -64,6 +64,7 @@ def get_anny() -> AnnyBody:
 
 def build_anny_cache() -> str:
     """Build Anny's cache (about a minute, 790 MB); a no-op when it exists. Returns its path."""
+    # anny initialises Warp on import (seconds): only when a body is built.
     import anny
 
     anny.Anny()
@@ -85,6 +86,7 @@ class AnnyBody:
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         cache_dir = os.environ.get("BODYSERVE_ANNY_CACHE_DIR")
+        # anny initialises Warp on import (seconds): only when a body is built.
         import anny
 
         if cache_dir:
@@ -115,20 +117,21 @@ class AnnyBody:
     @cached_property
     def faces(self) -> np.ndarray:
         """(F, 3) int64 triangles (Anny's quads split in two)."""
-        return self.model.get_triangular_faces().cpu().numpy()
+        return cast(torch.Tensor, self.model.get_triangular_faces()).cpu().numpy()  # anny: untyped
 
     def bone(self, name: str) -> int:
         return self._bone_index[name]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return cast(torch.dtype, self.model.dtype)  # anny is untyped
 
     # ------------------------------------------------------------------ kinematics
     def blendshape_coefficients(self, phenotype: torch.Tensor) -> torch.Tensor:
         """(B, 6) phenotype -> (B, A) blendshape coefficients."""
         empty = phenotype.new_zeros((phenotype.shape[0], 0))
-        return self.model._get_phenotype_blendshape_coefficients(phenotype, empty, empty)
+        coeffs = self.model._get_phenotype_blendshape_coefficients(phenotype, empty, empty)
+        return cast(torch.Tensor, coeffs)  # anny is untyped
 
     def rest_bone_poses(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, A) coefficients -> (B, J, 4, 4) rest bone poses, without the full mesh."""
@@ -140,7 +143,7 @@ class AnnyBody:
             "ba,akij->bkij", coeffs, m.bone_orientation_blendshapes
         )
         rotations = roma.special_procrustes(cov)
-        return roma.Rigid(linear=rotations, translation=heads).to_homogeneous()
+        return cast(torch.Tensor, roma.Rigid(linear=rotations, translation=heads).to_homogeneous())
 
     def deltas(self, pose: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
         """(B, J, 3) axis-angle + (B, 3) root position -> (B, J, 4, 4) delta transforms."""
@@ -170,6 +173,7 @@ class AnnyBody:
         the blendshape coefficients, so ``p_kb`` is too. A bone head is the special case of one
         bone with weight one. Fitting then never touches the 13,718 vertices.
         """
+        # anny initialises Warp on import (seconds): only when a body is built.
         import anny
 
         m = self.model

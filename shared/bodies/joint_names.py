@@ -1,4 +1,7 @@
-"""Joint and body-part names of the SMPL-X convention, torch-free (the gateway validates with them)."""
+"""Joint and body-part names of the SMPL-X convention.
+
+Torch-free, so that the gateway validates requests with them.
+"""
 
 from __future__ import annotations
 
@@ -34,4 +37,3 @@ BODY_PARTS |= {
     "upper_body": BODY_PARTS["spine"] + BODY_PARTS["head"] + BODY_PARTS["arms"],
     "lower_body": BODY_PARTS["legs"],
 }
-

@@ -49,7 +49,7 @@ def _hinge_angles(pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def limit_violations(body_pose: np.ndarray) -> np.ndarray:
     """(B, 21, 3) axis-angle -> (B,) bool: some joint outside the limits (with the slack)."""
     pose = torch.as_tensor(np.asarray(body_pose), dtype=torch.float64)
-    bad = (pose.norm(dim=-1) > _MAX_ANGLE.double()).any(-1)
+    bad: torch.Tensor = (pose.norm(dim=-1) > _MAX_ANGLE.double()).any(-1)  # Tensor.norm: Any
     flexion, off_axis = _hinge_angles(pose)
     slack = math.radians(HINGE_SLACK_DEG)
     bad |= (-flexion > slack).any(-1)
@@ -61,7 +61,8 @@ def limit_penalty(body_pose: torch.Tensor, margin_deg: float = 5.0) -> torch.Ten
     """(B, 21, 3) -> (B,) differentiable: squared radians beyond the limits (hinges allowed
     ``margin_deg`` of hyperextension, knees three times that sideways)."""
     margin = math.radians(margin_deg)
-    excess = (body_pose.norm(dim=-1) - _MAX_ANGLE.to(body_pose.dtype)).clamp(min=0.0)
+    # Tensor.norm is typed to return Any.
+    excess: torch.Tensor = (body_pose.norm(dim=-1) - _MAX_ANGLE.to(body_pose.dtype)).clamp(min=0.0)
     flexion, off_axis = _hinge_angles(body_pose)
     hyperextension = (-flexion - margin).clamp(min=0.0)
     sideways = ((off_axis - 3 * margin).clamp(min=0.0)) * _KNEE.to(body_pose.dtype)

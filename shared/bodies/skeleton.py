@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from shared.bodies.anny_model import get_anny
 from shared.bodies.smplx_convention import (
     SMPLX_BODY_JOINTS,
     SMPLX_JOINT_NAMES,
@@ -48,7 +49,8 @@ def rodrigues(rotvec: torch.Tensor) -> torch.Tensor:
     b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - theta.cos()) / (theta2 + 1e-12))
     x, y, z = rotvec.unbind(-1)
     zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
+    # torch.unflatten: the same op as the method, which torch leaves unannotated.
+    k = torch.unflatten(torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1), -1, (3, 3))
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
     return eye + a[..., None] * k + b[..., None] * (k @ k)
 
@@ -94,7 +96,7 @@ def mirror_body_pose(body_pose: np.ndarray) -> np.ndarray:
     z components of every axis-angle (a global orientation mirrors the same way, without the swap).
     """
     flip = np.array([1.0, -1.0, -1.0], dtype=body_pose.dtype)
-    return body_pose[:, list(MIRROR_INDEX)] * flip
+    return np.asarray(body_pose[:, list(MIRROR_INDEX)] * flip)
 
 
 class BodySkeleton:
@@ -120,7 +122,6 @@ class BodySkeleton:
     @classmethod
     def for_phenotype(cls, phenotype: torch.Tensor | None = None) -> BodySkeleton:
         """The skeleton of Anny at ``phenotype`` (B, 6) in [0, 1]; default: the neutral body."""
-        from shared.bodies.anny_model import get_anny
 
         body = get_anny()
         if phenotype is None:

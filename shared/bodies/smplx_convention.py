@@ -32,7 +32,7 @@ along +-X, palms down, fingers straight in the palm plane) to Anny's rest. Every
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import roma
@@ -210,7 +210,7 @@ def _owners() -> torch.Tensor:
 
 
 _READ = _read_bones()
-_OWNER = _owners()
+ANNY_BONE_OWNER = _owners()
 _SMPLX_PARENT_INDEX = torch.tensor([0, *SMPLX_PARENTS[1:]])
 _ANNY_PARENT_INDEX = torch.tensor([0, *ANNY_BONE_PARENTS[1:]])
 
@@ -272,7 +272,10 @@ def _rmin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     cos = (a * b).sum(-1)[..., None, None]
     zero = torch.zeros_like(v[..., 0])
     vx, vy, vz = v.unbind(-1)
-    skew = torch.stack([zero, -vz, vy, vz, zero, -vx, -vy, vx, zero], -1).unflatten(-1, (3, 3))
+    # torch.unflatten: the same op as the method, which torch leaves unannotated.
+    skew = torch.unflatten(
+        torch.stack([zero, -vz, vy, vz, zero, -vx, -vy, vx, zero], -1), -1, (3, 3)
+    )
     # Rodrigues with sin = |v|, cos = a.b: I + [v]x + [v]x^2 / (1 + cos).
     return torch.eye(3, dtype=a.dtype, device=a.device) + skew + skew @ skew / (1 + cos)
 
@@ -501,7 +504,7 @@ def _local_rotations(params: Mapping[str, torch.Tensor], like: torch.Tensor) -> 
                     batch, count, 3
                 )
             )
-    return roma.rotvec_to_rotmat(torch.cat(parts, 1))
+    return cast(torch.Tensor, roma.rotvec_to_rotmat(torch.cat(parts, 1)))  # roma is untyped
 
 
 def _smplx_globals(local: torch.Tensor) -> torch.Tensor:
@@ -551,7 +554,7 @@ def smplx_to_anny(
 
     g = _smplx_globals(local)
     per_joint = frame.transpose(-1, -2)[:, None] @ g @ rest_offsets(rest).transpose(-1, -2) @ c
-    transforms = per_joint[:, _OWNER]  # (B, 104, 3, 3) rest -> posed, per Anny bone
+    transforms = per_joint[:, ANNY_BONE_OWNER]  # (B, 104, 3, 3) rest -> posed, per Anny bone
     rest_rot = rest[..., :3, :3]
     world = transforms @ rest_rot  # posed orientations V
     ref = (

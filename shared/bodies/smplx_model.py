@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class SmplxOutput:
 
 def _import_smplx() -> Any:
     try:
+        # smplx is an optional extra (its code licence is non-commercial): loaded only when used.
         import smplx
     except ImportError as error:
         raise ImportError(
@@ -113,7 +114,7 @@ class SmplxBody:
 
     @property
     def device(self) -> torch.device:
-        return self.model.v_template.device
+        return cast(torch.device, self.model.v_template.device)  # smplx is untyped
 
     def _tensor(self, value: Any, batch: int, size: int) -> torch.Tensor:
         dtype, device = self.model.v_template.dtype, self.device
@@ -152,9 +153,11 @@ class SmplxBody:
     def pelvis_rest(self, betas: Any = None) -> torch.Tensor:
         """(B, 3) the rest pelvis joint J0 for these betas (default zeros, B = 1): SMPL-X rotates
         about it, so ``transl = pelvis - J0`` (see ``smplx_convention.smplx_transl``)."""
+        # smplx is an optional extra (its code licence is non-commercial): loaded only when used.
         from smplx.lbs import blend_shapes, vertices2joints
 
         batch = 1 if betas is None or torch.as_tensor(betas).dim() < 2 else len(betas)
         b = self._betas(betas, batch)
         shaped = self.model.v_template[None] + blend_shapes(b, self.model.shapedirs)
-        return vertices2joints(self.model.J_regressor[:1], shaped)[:, 0]
+        joints = cast(torch.Tensor, vertices2joints(self.model.J_regressor[:1], shaped))  # untyped
+        return joints[:, 0]

@@ -17,8 +17,11 @@ import numpy as np
 import roma
 import torch
 
+from shared.bodies.anny_model import get_anny
+from shared.bodies.smplx_convention import anny_to_smplx, posed_body_joints
 from shared.datasets.sampling import CameraDraw
 from shared.keypoints.formats import COCO17, MEDIAPIPE33
+from shared.prior.pose_outputs import anny_pose_from_smplx
 
 COCO_IN_MEDIAPIPE = [MEDIAPIPE33.index(name) for name in COCO17]
 # A keypoint is labelled visible when it is at most this far behind the surface the pixel shows
@@ -64,7 +67,7 @@ def _placement(vertices: np.ndarray, cameras: CameraDraw, size: int) -> np.ndarr
     centre = (low + high) / 2
     extent = np.maximum(high[:, 0] - low[:, 0], high[:, 1] - low[:, 1])
     depth = focal * extent / (cameras.fill * size) + (high[:, 2] - low[:, 2]) / 2
-    shift = np.zeros_like(centre)
+    shift: np.ndarray = np.zeros_like(centre)
     for _ in range(2):
         shift[:, 2] = depth - centre[:, 2]
         shift[:, :2] = -centre[:, :2]
@@ -86,9 +89,6 @@ def place_bodies(
 ) -> PlacedBodies:
     """Pose Anny (B bodies) from SMPL-X-convention ``body_pose`` (B, 21, 3) and ``phenotype``
     (B, 6), turn each into its camera and place it in a ``size``-pixel square image."""
-    from shared.bodies.anny_model import get_anny
-    from shared.bodies.smplx_convention import anny_to_smplx, posed_body_joints
-    from shared.prior.pose_outputs import anny_pose_from_smplx
 
     body = get_anny()
     anny = anny_pose_from_smplx(body_pose, phenotype=phenotype)

@@ -21,8 +21,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from shared.bodies.anny_model import get_anny
 from shared.datasets.bodies import project
 from shared.datasets.shards import DEPTH_SCALE
+from shared.render.label_check import check_labels
+from shared.render.parts import anny_vertex_parts, face_parts
 
 KEYPOINT_3D_TOLERANCE_M = 1e-4
 KEYPOINT_2D_TOLERANCE_PX = 0.01
@@ -56,9 +59,6 @@ def check_sample(
 ) -> SampleCheck:
     """Check one decoded sample's labels against the mesh they describe; ``full_image=False``
     compares only the pixels under visible vertices and keypoints (several times cheaper)."""
-    from shared.bodies.anny_model import get_anny
-    from shared.render.label_check import check_labels
-    from shared.render.parts import anny_vertex_parts, face_parts
 
     labels = sample["labels"]
     result = SampleCheck(sample["key"])

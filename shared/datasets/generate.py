@@ -45,7 +45,11 @@ from shared.datasets.spec import (
     DatasetSpec,
     resolve_input_folder,
 )
+from shared.render import appearance
 from shared.render.backgrounds import Backgrounds
+from shared.render.parts import BODY_PARTS, anny_vertex_parts
+from shared.render.scene import SceneBody, render_scene
+from shared.settings import get_settings
 from shared.storage import check_name, write_atomically
 
 BATCH = 32  # bodies posed per Anny pass
@@ -169,7 +173,6 @@ class DatasetMaker:
         input_root: Path | None = None,
         painter: Painter | None = None,
     ) -> None:
-        from shared.render.parts import anny_vertex_parts
 
         self.spec = spec
         self.prior = prior
@@ -189,8 +192,6 @@ class DatasetMaker:
         if self.spec.poses.source != "mocap":
             return None
         if self._mocap is None:
-            from shared.settings import get_settings
-
             folder = resolve_input_folder(
                 self.spec.poses.folder or "mocap", "poses.folder", self.input_root
             )
@@ -214,8 +215,6 @@ class DatasetMaker:
     def samples(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The encoded records of samples ``indices`` (any indices: the result depends on each
         index alone)."""
-        from shared.render import appearance
-        from shared.render.scene import SceneBody, render_scene
 
         spec, size = self.spec, self.spec.resolution
         started = time.perf_counter()
@@ -304,7 +303,6 @@ class DatasetMaker:
 
         Raises ``RuntimeError`` naming the chunks whose shard is missing or damaged.
         """
-        from shared.render.parts import BODY_PARTS
 
         infos, broken = [], []
         for chunk in range(self.spec.chunks):

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.bodies.base import ANNY_TO_CAMERA
 from shared.bodies.limits import HINGES, MAX_ANGLE_DEG, limit_violations
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS
 from shared.datasets.spec import PHENOTYPES, DatasetSpec
+from shared.mocap.dataset import build_dataset
 from shared.storage import write_atomically
 
 PRIOR_STEPS = 25
@@ -69,7 +71,6 @@ class CameraDraw:
     def rotations(self) -> np.ndarray:
         """(B, 3, 3) Anny's world (Z up, facing -Y) -> the camera (OpenCV): the body turned by
         ``heading``, seen from ``elevation`` above, the camera rolled by ``roll``."""
-        from shared.bodies.base import ANNY_TO_CAMERA
 
         def about(axis: int, angle: np.ndarray) -> np.ndarray:
             c, s = np.cos(angle), np.sin(angle)
@@ -82,7 +83,7 @@ class CameraDraw:
         heading = about(2, self.heading)  # about Anny's up axis
         pitch = about(0, self.elevation)  # camera x: a camera above sees the top tilted away
         roll = about(2, self.roll)  # camera z: the optical axis
-        return roll @ pitch @ ANNY_TO_CAMERA[None] @ heading
+        return np.asarray(roll @ pitch @ ANNY_TO_CAMERA[None] @ heading)
 
 
 def _uniform(generator: np.random.Generator, pair: Sequence[float]) -> float:
@@ -143,7 +144,7 @@ def _uniform_pose(g: np.random.Generator) -> np.ndarray:
     axis = g.normal(size=(21, 3))
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
     angle = g.uniform(0.0, 1.0, size=21) * _LIMIT * _UNIFORM_SCALE
-    pose = axis * angle[:, None]
+    pose: np.ndarray = axis * angle[:, None]
     for joint, hinge in _HINGE_AXIS.items():
         pose[joint] = hinge * g.uniform(0.0, _LIMIT[joint] * 0.9)  # flexion only
     return pose
@@ -208,11 +209,10 @@ def mocap_body_poses(folder: Path, cache_dir: Path) -> np.ndarray:
     them, the others (and later datasets) read them. Written atomically, so that two workers
     building at once is only wasted time.
     """
-    from shared.mocap.dataset import build_dataset
 
     cache = Path(cache_dir) / f"mocap-poses-{_folder_fingerprint(folder)}.npy"
     if cache.is_file():
-        return np.load(cache)
+        return np.asarray(np.load(cache))  # a .npy file: one array (np.load may give an npz)
     poses = np.asarray(build_dataset(folder).body_pose, dtype=np.float32)
     buffer = io.BytesIO()
     np.save(buffer, poses)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import webdataset as wds
 from PIL import Image
 
 SAMPLE_SUFFIXES: tuple[str, ...] = ("mask.png", "depth.png", "parts.png", "json")
@@ -83,7 +84,6 @@ def encode_sample(
 
 def pack_shard(name: str, samples: Iterable[Mapping[str, Any]]) -> tuple[bytes, ShardInfo]:
     """``samples`` (records of :func:`encode_sample`) as the bytes of the tar ``name``."""
-    import webdataset as wds
 
     buffer = io.BytesIO()
     # mtime fixed: the same samples give the same bytes, whenever they are made.
@@ -134,7 +134,6 @@ def decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
     """The samples of one shard file, read with the webdataset library, decoded."""
-    import webdataset as wds
 
     for record in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
         yield decode_record(record)

@@ -18,14 +18,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
+import torch
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
+from shared.bodies.anny_model import get_anny
+from shared.camera import default_camera
 from shared.diffusion.pipelines import DiffusionPipelines
 from shared.inference.contracts import InferenceBackend
-from shared.pipeline.mesh_recovery import RecoveryOutput, default_camera, recover
+from shared.pipeline.mesh_recovery import RecoveryOutput, recover
+from shared.render.anny_scene import place_in_view, pose_anny
+from shared.render.renderer import render_layers
 from shared.schemas.images import (
     GeneratedImage,
     ImageGenerateRequest,
@@ -71,21 +77,18 @@ def depth_to_control(depth_m: np.ndarray) -> np.ndarray:
         low, high = float(inverse.min()), float(inverse.max())
         scaled = (inverse - low) / (high - low) if high > low else np.ones_like(inverse)
         out[surface] = FAR_GREY + (1.0 - FAR_GREY) * scaled
-    return np.rint(out * 255.0).astype(np.uint8)
+    return np.asarray(np.rint(out * 255.0), np.uint8)
 
 
 def _rotation(axis_angle: list[float]) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
-    return Rotation.from_rotvec(np.asarray(axis_angle, np.float64)).as_matrix()
+    matrix = Rotation.from_rotvec(np.asarray(axis_angle, np.float64)).as_matrix()
+    return cast(np.ndarray, matrix)  # (3, 3) float64; scipy has no type stubs here
 
 
 def pose_depth(request: ImageGenerateRequest) -> np.ndarray:
     """The request's guidance pose as an average Anny body filling the image: its (H, W) uint8
     ControlNet depth."""
-    from shared.bodies.anny_model import get_anny
-    from shared.render.anny_scene import place_in_view, pose_anny
-    from shared.render.renderer import render_layers
 
     assert request.guidance is not None and request.guidance.pose is not None
     pose = request.guidance.pose
@@ -120,8 +123,6 @@ def user_depth(request: ImageGenerateRequest) -> np.ndarray:
 
 def recovered_depth(recovery: RecoveryOutput, height: int, width: int) -> np.ndarray:
     """The recovered bodies' depth, seen through the camera recovery used: (H, W) uint8."""
-    from shared.bodies.anny_model import get_anny
-    from shared.render.renderer import render_layers
 
     assert recovery.fit is not None
     faces = get_anny().faces
@@ -142,7 +143,6 @@ class Generator:
         self.pipelines, self.request = pipelines, request
 
     def _common(self, seed: int) -> dict[str, object]:
-        import torch
 
         request = self.request
         return {
@@ -159,7 +159,7 @@ class Generator:
 
     @staticmethod
     def _uint8(images: np.ndarray) -> np.ndarray:
-        return np.rint(np.clip(images[0], 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.asarray(np.rint(np.clip(images[0], 0.0, 1.0) * 255.0), np.uint8)
 
     def text(self, seed: int) -> np.ndarray:
         return self._uint8(self.pipelines.text_to_image(**self._common(seed)).images)

@@ -100,6 +100,8 @@ class DiffusionPipelines:
 
 
 def pick_device() -> str:
+    # diffusers (an optional extra) and torch load only with a pipeline: the gateway imports this
+    # module.
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,6 +113,8 @@ def load_pipelines(model_dir: Path | None, device: str | None = None) -> Diffusi
     per process and folder."""
     root = check_model_dir(model_dir)
     offline()
+    # diffusers (an optional extra) and torch load only with a pipeline: the gateway imports this
+    # module.
     import torch
     from diffusers import (
         ControlNetModel,
@@ -120,19 +124,23 @@ def load_pipelines(model_dir: Path | None, device: str | None = None) -> Diffusi
 
     device = device or pick_device()
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    text_to_image: Any = StableDiffusionPipeline.from_pretrained(
+    # The ignores: for type checkers diffusers' lazy top-level names resolve to its untyped
+    # placeholder classes (utils/dummy_*_objects.py), not to the real ones.
+    text_to_image: Any = StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
         root / STABLE_DIFFUSION_DIR,
         dtype=dtype,
         local_files_only=True,
         safety_checker=None,
         requires_safety_checker=False,
     )
-    controlnet = ControlNetModel.from_pretrained(
+    controlnet = ControlNetModel.from_pretrained(  # type: ignore[no-untyped-call]
         root / CONTROLNET_DEPTH_DIR, dtype=dtype, local_files_only=True
     )
     # One copy of the weights: the ControlNet pipeline reuses the text-to-image components.
     components = {k: v for k, v in text_to_image.components.items() if k not in ("image_encoder",)}
-    depth_to_image: Any = StableDiffusionControlNetPipeline(**components, controlnet=controlnet)
+    depth_to_image: Any = StableDiffusionControlNetPipeline(  # type: ignore[no-untyped-call]
+        **components, controlnet=controlnet
+    )
     text_to_image.to(device)
     depth_to_image.to(device)
     for pipeline in (text_to_image, depth_to_image):

@@ -40,6 +40,7 @@ def build_tiny_pipelines(folder: Path, *, sample_size: int = 32, seed: int = 0) 
     ``folder`` (``seed`` draws them); returns ``folder``. Images of ``8 * sample_size`` /
     ``sample_size`` ... any multiple of 8 work; 32-64 px keeps a test fast."""
     offline()
+    # diffusers and transformers: the optional diffusion extra, loaded only to build a pipeline.
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -72,7 +73,9 @@ def build_tiny_pipelines(folder: Path, *, sample_size: int = 32, seed: int = 0) 
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    unet = UNet2DConditionModel(
+    # The ignores: for type checkers diffusers' lazy top-level names resolve to its untyped
+    # placeholder classes (utils/dummy_*_objects.py), not to the real ones.
+    unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
         sample_size=sample_size // 8,
         block_out_channels=(8, 16),
         layers_per_block=1,
@@ -84,7 +87,7 @@ def build_tiny_pipelines(folder: Path, *, sample_size: int = 32, seed: int = 0) 
         cross_attention_dim=32,
         attention_head_dim=2,
     )
-    vae = AutoencoderKL(
+    vae = AutoencoderKL(  # type: ignore[no-untyped-call]
         block_out_channels=(8, 16),
         norm_num_groups=4,
         in_channels=3,
@@ -94,7 +97,7 @@ def build_tiny_pipelines(folder: Path, *, sample_size: int = 32, seed: int = 0) 
         latent_channels=4,
         sample_size=sample_size,
     )
-    scheduler = DDIMScheduler(
+    scheduler = DDIMScheduler(  # type: ignore[no-untyped-call]
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -102,7 +105,7 @@ def build_tiny_pipelines(folder: Path, *, sample_size: int = 32, seed: int = 0) 
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipeline: Any = StableDiffusionPipeline(
+    pipeline: Any = StableDiffusionPipeline(  # type: ignore[no-untyped-call]
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

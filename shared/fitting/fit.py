@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import roma
@@ -45,6 +45,7 @@ from shared.fitting.losses import (
     weighted_centre,
 )
 from shared.inference.contracts import PRIOR_CHOICES, FitInputs, FitOutputs, PriorChoice
+from shared.prior.registry import PublishedPrior
 
 if TYPE_CHECKING:
     from shared.prior.model import PosePrior
@@ -111,8 +112,6 @@ class BodyFitter:
         self.prior_tilt_weight = PRIOR_TILT_WEIGHT
         self._published: PublishedPrior | None = None
         if prior == "published":
-            from shared.prior.registry import PublishedPrior
-
             self._published = PublishedPrior(model_dir)
             self._refresh_prior()
         elif prior is not None:
@@ -207,7 +206,7 @@ class BodyFitter:
         for _ in range(40):
             optimiser.zero_grad()
             loss = self._rigid_loss(points, rotvec, xy, log_depth, rigid_target, cam, scale_rep)
-            loss.sum().backward()
+            torch.autograd.backward(loss.sum())  # what Tensor.backward (untyped) runs
             optimiser.step()
         with torch.no_grad():
             loss = self._rigid_loss(points, rotvec, xy, log_depth, rigid_target, cam, scale_rep)
@@ -299,7 +298,7 @@ class BodyFitter:
                 pose, xy, log_depth, phenotype_logit, target, camera, scale, sigma,
                 progress, generators,
             )  # fmt: skip
-            loss.sum().backward()
+            torch.autograd.backward(loss.sum())
             optimiser.step()
             decay.step()
 
@@ -375,11 +374,11 @@ class BodyFitter:
 
 def _depth_tilt(root_rotvec: torch.Tensor) -> torch.Tensor:
     """(B,) squared depth component of the body's up axis (Anny's +Z) in the camera frame."""
-    return roma.rotvec_to_rotmat(root_rotvec)[:, 2, 2].square()
+    return cast(torch.Tensor, roma.rotvec_to_rotmat(root_rotvec))[:, 2, 2].square()  # roma: untyped
 
 
 def _reprojection_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(P,) mean pixel distance over confidently detected, mapped keypoints."""
     used = target[..., 2] >= 0.5
-    distance = (predicted - target[..., :2]).norm(dim=-1)
+    distance: torch.Tensor = (predicted - target[..., :2]).norm(dim=-1)  # Tensor.norm: Any
     return (distance * used).sum(-1) / used.sum(-1).clamp(min=1)

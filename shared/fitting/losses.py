@@ -8,12 +8,13 @@ DPoser-style diffusion prior on the SMPL-X-convention body pose) replaces it on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from shared.bodies.anny_model import AnnyBody
 from shared.bodies.smplx_convention import anny_to_smplx
+from shared.prior.sampling import PriorLoss
 
 if TYPE_CHECKING:
     from shared.prior.model import PosePrior
@@ -33,7 +34,8 @@ def person_scale(target: torch.Tensor) -> torch.Tensor:
     big = torch.full_like(xy, 1e9)
     low = torch.where(confident, xy, big).min(-2).values
     high = torch.where(confident, xy, -big).max(-2).values
-    return (high - low).norm(dim=-1).clamp(min=16.0)
+    diagonal: torch.Tensor = (high - low).norm(dim=-1)  # Tensor.norm is typed to return Any
+    return diagonal.clamp(min=16.0)
 
 
 def weighted_centre(target: torch.Tensor) -> torch.Tensor:
@@ -127,7 +129,7 @@ class JointLimits:
         def child_direction(j: int) -> torch.Tensor:
             child = body.bone_parents.index(j)
             d = heads[child] - heads[j]
-            return d / d.norm()
+            return cast(torch.Tensor, d / d.norm())  # anny's poses are untyped
 
         hinge_bones, hinge_axes, hinge_max = [], [], []
         for side in ("L", "R"):
@@ -192,7 +194,6 @@ class PosePriorTerm:
     """
 
     def __init__(self, prior: PosePrior, t_range: tuple[float, float] = (0.3, 0.05)) -> None:
-        from shared.prior.sampling import PriorLoss
 
         self.prior = prior
         self.loss = PriorLoss(prior, t_range=t_range)

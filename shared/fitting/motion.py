@@ -49,10 +49,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import numpy as np
 import roma
 import torch
+from scipy.linalg import solveh_banded
+from scipy.sparse import diags
 
 from shared.bodies.skeleton import BODY_JOINT_NAMES, BODY_PARENTS, NUM_BODY_JOINTS, BodySkeleton
 from shared.prior.model import PosePrior
@@ -250,8 +253,6 @@ def smooth_positions(
     frames, count = points.shape[0], points.shape[1]
     if frames < 3:
         return points.clone()
-    from scipy.linalg import solveh_banded
-    from scipy.sparse import diags
 
     second = diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(frames - 2, frames))
     first = diags([-1.0, 1.0], [0, 1], shape=(frames - 1, frames))
@@ -314,7 +315,7 @@ def smooth_rotations(
     # A rotation by a small angle a moves a unit quaternion by about a / 2.
     smoothed = smooth_positions(quaternions, noise / 2, fps, acceleration_weight, 0.0)
     smoothed = torch.nn.functional.normalize(smoothed, dim=-1)
-    return roma.unitquat_to_rotvec(smoothed).to(rotvecs.dtype)
+    return cast(torch.Tensor, roma.unitquat_to_rotvec(smoothed)).to(rotvecs.dtype)  # roma: untyped
 
 
 def _swing(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -325,7 +326,7 @@ def _swing(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sin = axis.norm(dim=-1, keepdim=True)
     angle = torch.atan2(sin, (a * b).sum(-1, keepdim=True))
     rotvec = torch.where(sin > 1e-8, axis / sin.clamp(min=1e-12) * angle, torch.zeros_like(axis))
-    return roma.rotvec_to_rotmat(rotvec)
+    return cast(torch.Tensor, roma.rotvec_to_rotmat(rotvec))  # roma is untyped
 
 
 def initial_pose(joints: torch.Tensor, skeleton: BodySkeleton) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,7 +385,7 @@ def fit_phenotype(
 
         def loss(linearised: _LinearisedSkeleton = linearised) -> torch.Tensor:
             rest = linearised(torch.sigmoid(logit)).rest_joints[0]
-            lengths = (rest[1:] - rest[parents]).norm(dim=-1)
+            lengths: torch.Tensor = (rest[1:] - rest[parents]).norm(dim=-1)  # Tensor.norm: Any
             # Errors relative to a 5 mm length uncertainty per bone.
             fit = (lengths - target).square().sum() / (2 * 0.005**2)
             return fit + pull * logit.square().sum()
@@ -451,10 +452,11 @@ def _lbfgs(
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
         loss = loss_fn()
-        loss.backward()
+        torch.autograd.backward(loss)  # what Tensor.backward (untyped) runs
         return loss
 
-    optimiser.step(closure)
+    # LBFGS.step is unannotated (and Optimizer.step's stub wants a closure returning a float).
+    optimiser.step(closure)  # type: ignore[no-untyped-call]
 
 
 class _Problem:
@@ -576,7 +578,7 @@ class _Problem:
 
         def loss(progress: float) -> torch.Tensor:
             rotations = roma.rotvec_to_rotmat(torch.cat([global_orient[:, None], body_pose], 1))
-            angle = roma.rotmat_to_rotvec(target.transpose(-1, -2) @ rotations)
+            angle: torch.Tensor = roma.rotmat_to_rotvec(target.transpose(-1, -2) @ rotations)
             fit = angle.square().sum() / (2 * smoothed_noise**2)
             return fit + self.prior_term(body_pose, progress)
 

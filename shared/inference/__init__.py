@@ -1,1 +1,2 @@
-"""Where the heavy steps run: the contract (``contracts``), the in-process backend (``local``) and the Triton wire format of each served model (``wire``)."""
+"""Where the heavy steps run: the contract (``contracts``), the in-process backend (``local``)
+and the Triton wire format of each served model (``wire``)."""

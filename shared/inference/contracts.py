@@ -2,15 +2,17 @@
 
 The mesh-recovery pipeline calls an :class:`InferenceBackend` for its two heavy steps (2D
 keypoint detection, body fitting); the pose routes call it for the pose prior (``prior``:
-rows of SMPL-X body poses to generate, complete or denoise). :class:`~shared.inference.local.InProcessBackend` runs
-them in this process (library and command-line use, and inside the Triton models themselves);
-the workers use the Triton client backend from ``services.common.triton_backend`` when
-``BODYSERVE_TRITON_URL`` is set. Domain code only ever sees arrays, never Triton.
+rows of SMPL-X body poses to generate, complete or denoise).
+:class:`~shared.inference.local.InProcessBackend` runs them in this process (library and
+command-line use, and inside the Triton models themselves); the workers use the Triton client
+backend from ``services.common.triton_backend`` when ``BODYSERVE_TRITON_URL`` is set. How each
+Triton model carries these types as tensors: :mod:`shared.inference.wire`. Domain code only ever
+sees arrays, never Triton.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -36,9 +38,6 @@ class InferenceError(RuntimeError):
 # The pose prior a fit uses: the learned one ("pose_prior") or the simple regulariser ("none").
 PriorChoice = Literal["pose_prior", "none"]
 PRIOR_CHOICES: tuple[PriorChoice, ...] = ("pose_prior", "none")
-# body_fit's optional PRIOR input: a code per choice; DEFAULT_PRIOR_CODE (or no input): default.
-PRIOR_CODES: dict[PriorChoice, int] = {"none": 0, "pose_prior": 1}
-DEFAULT_PRIOR_CODE = -1
 
 
 @dataclass
@@ -74,10 +73,6 @@ class FitOutputs:
 
     def person(self, i: int) -> FitOutputs:
         return FitOutputs(**{k: v[i : i + 1] for k, v in self.__dict__.items()})
-
-
-# Triton's body_fit output tensors: each FitOutputs field, upper-cased.
-FIT_OUTPUT_TENSORS: dict[str, str] = {f.name.upper(): f.name for f in fields(FitOutputs)}
 
 
 @dataclass

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from shared.prior.registry import PublishedPrior
 
 
+# Each method imports its model's module itself: a Triton model imports this module for one
+# method, and its process should not load the others' libraries (mediapipe, torch, Anny).
+
+
 class InProcessBackend:
     """Runs detection and fitting in this process; models load once, on first use."""
 
@@ -39,24 +43,24 @@ class InProcessBackend:
     def load(self, detect: bool = True, fit: bool = True) -> None:
         """Load the models now rather than on first use (Triton ``initialize``, warm-up)."""
         if detect and self._detector is None:
-            from shared.keypoints.detect import PersonDetector
+            from shared.keypoints.detect import PersonDetector  # deferred: see the class
 
             self._detector = PersonDetector()
         if fit and self._fitter is None:
-            from shared.fitting.fit import BodyFitter
+            from shared.fitting.fit import BodyFitter  # deferred: see the class
 
             self._fitter = BodyFitter()
 
     def detect(self, image: np.ndarray, max_people: int) -> list[PersonKeypoints]:
         if self._detector is None:
-            from shared.keypoints.detect import PersonDetector
+            from shared.keypoints.detect import PersonDetector  # deferred: see the class
 
             self._detector = PersonDetector()
         return self._detector(image, max_people=max_people)
 
     def fit(self, inputs: FitInputs) -> FitOutputs:
         if self._fitter is None:
-            from shared.fitting.fit import BodyFitter
+            from shared.fitting.fit import BodyFitter  # deferred: see the class
 
             self._fitter = BodyFitter()
         return self._fitter(inputs)
@@ -71,7 +75,7 @@ class InProcessBackend:
         noise_level: float = 0.0,
         sampler: str = "ode",
     ) -> PriorRows:
-        from shared.prior.rows import run_prior_rows
+        from shared.prior.rows import run_prior_rows  # deferred: see the class
 
         version, prior = self._latest_prior()
         body_pose = run_prior_rows(
@@ -87,6 +91,7 @@ class InProcessBackend:
         return PriorRows(body_pose=body_pose, version=version)
 
     def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:
+        # deferred: see the class
         from shared.fitting.motion import DEFAULT_ITERATIONS, denoise_motion
 
         inputs.check()
@@ -119,7 +124,7 @@ class InProcessBackend:
         )
 
     def lift(self, inputs: LiftInputs) -> LiftOutputs:
-        from shared.lifting.lift import lift
+        from shared.lifting.lift import lift  # deferred: see the class
 
         version, prior = self._latest_prior()
         result = lift(prior, inputs.keypoints, inputs.camera, inputs.hypotheses, inputs.seeds)
@@ -128,7 +133,7 @@ class InProcessBackend:
     def _latest_prior(self) -> tuple[int, PosePrior]:
         """The newest published prior of the model repository (reloaded when a newer one is
         published, as Triton's version policy serves the newest)."""
-        from shared.prior.registry import PublishedPrior
+        from shared.prior.registry import PublishedPrior  # deferred: see the class
 
         if self._prior is None:
             self._prior = PublishedPrior()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal, cast
 
 import numpy as np
@@ -61,7 +61,7 @@ _OPENCV_TO_GLTF: Final[np.ndarray] = np.array([1.0, -1.0, -1.0])
 
 def opencv_to_gltf(vertices: np.ndarray) -> np.ndarray:
     """Points from the OpenCV camera frame to glTF's: ``(x, y, z) -> (x, -y, -z)``."""
-    return np.asarray(vertices, dtype=np.float64) * _OPENCV_TO_GLTF
+    return np.asarray(np.asarray(vertices, dtype=np.float64) * _OPENCV_TO_GLTF)
 
 
 # --- meshes -----------------------------------------------------------------------------------
@@ -130,9 +130,12 @@ def export_meshes(
         mesh = trimesh.Trimesh(opencv_to_gltf(v) if fmt == "glb" else v, f, process=False)
         _ = mesh.vertex_normals  # computed now, so the exporters include them
         scene.add_geometry(mesh, node_name=name, geom_name=name)
+    # trimesh's exporters are unannotated: export_glb gives the file's bytes, export_obj its text.
     if fmt == "glb":
-        return bytes(trimesh.exchange.gltf.export_glb(scene, include_normals=True))
-    text = trimesh.exchange.obj.export_obj(scene, include_normals=True, include_color=False)
+        export_glb = cast(Callable[..., bytes], trimesh.exchange.gltf.export_glb)
+        return bytes(export_glb(scene, include_normals=True))
+    export_obj = cast(Callable[..., str], trimesh.exchange.obj.export_obj)
+    text = export_obj(scene, include_normals=True, include_color=False)
     return text.encode("utf-8")
 
 

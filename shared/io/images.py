@@ -186,7 +186,7 @@ def _grey_to_uint8(image: Image.Image) -> np.ndarray:
     """16-bit, 32-bit integer or float greyscale to 0-255."""
     values = np.asarray(image)
     if image.mode.startswith("I;16"):
-        return np.rint(values.astype(np.float32) / 257.0).astype(np.uint8)
+        return np.asarray(np.rint(values.astype(np.float32) / 257.0), np.uint8)
     values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if image.mode == "F" and low >= 0.0 and high <= 1.0:
@@ -199,7 +199,7 @@ def _grey_to_uint8(image: Image.Image) -> np.ndarray:
         scaled = (values - low) * (255.0 / (high - low))
     else:
         scaled = np.zeros_like(values)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(np.rint(scaled), 0, 255), np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -307,5 +307,5 @@ def exif_focal_length_px(data: bytes, width: int, height: int) -> float | None:
         return None
     if not focal_35mm or not 4 <= float(focal_35mm) <= 2000:
         return None
-    diagonal_px = (width**2 + height**2) ** 0.5
+    diagonal_px: float = (width**2 + height**2) ** 0.5  # typeshed: int ** float is Any
     return float(focal_35mm) * diagonal_px / _FULL_FRAME_DIAGONAL_MM

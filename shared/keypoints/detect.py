@@ -54,7 +54,9 @@ from pathlib import Path
 from typing import Final, Literal
 
 import cv2
+import mediapipe
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 
 from shared.keypoints.formats import PersonKeypoints
 
@@ -109,7 +111,6 @@ _INDEX = {"left": 19, "right": 20}
 
 
 def _modules_dir() -> Path:
-    import mediapipe  # only to locate the bundled model files
 
     return Path(mediapipe.__file__).resolve().parent / "modules"
 
@@ -169,11 +170,11 @@ def ssd_anchors() -> np.ndarray:
         grid = np.stack([(xs + 0.5) / side, (ys + 0.5) / side], axis=-1).reshape(-1, 2)
         centres.append(np.repeat(grid, per_cell, axis=0))
         layer = last
-    return np.concatenate(centres).astype(np.float32)
+    return np.asarray(np.concatenate(centres), np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0))))
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -184,7 +185,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
+    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9))
 
 
 @dataclass
@@ -258,7 +259,7 @@ class _Pyramid:
 
 
 def _to_image(points: np.ndarray, m: np.ndarray) -> np.ndarray:
-    return points @ m[:, :2].T + m[:, 2]
+    return np.asarray(points @ m[:, :2].T + m[:, 2])
 
 
 class _Model:
@@ -267,7 +268,6 @@ class _Model:
     naming."""
 
     def __init__(self, path: Path, num_threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter
 
         self.path = path
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)

@@ -26,7 +26,15 @@ from functools import lru_cache
 import roma
 import torch
 
+from shared.bodies.anny_model import FIT_KEYPOINTS, get_anny
+from shared.bodies.base import ANNY_TO_SMPLX_WORLD
 from shared.bodies.skeleton import BODY_JOINT_NAMES, BodySkeleton
+from shared.bodies.smplx_convention import (
+    ANNY_BONE_OWNER,
+    SMPLX_PARENTS,
+    smplx_to_anny,
+    tpose_joints,
+)
 from shared.keypoints.formats import MEDIAPIPE33
 
 LIFT_KEYPOINTS: tuple[str, ...] = MEDIAPIPE33
@@ -35,7 +43,6 @@ LIFT_KEYPOINTS: tuple[str, ...] = MEDIAPIPE33
 
 def _body_owner(owner: int) -> int:
     """The body joint (0..21) an SMPL-X joint folds into: itself, or the nearest body ancestor."""
-    from shared.bodies.smplx_convention import SMPLX_PARENTS
 
     while owner > 21:
         owner = SMPLX_PARENTS[owner]
@@ -83,9 +90,6 @@ class KeypointSkeleton:
     @classmethod
     def for_phenotype(cls, phenotype: Sequence[float] | None) -> KeypointSkeleton:
         """The keypoint skeleton of Anny at ``phenotype`` (6 values in [0, 1]; None: neutral)."""
-        from shared.bodies.anny_model import FIT_KEYPOINTS, get_anny
-        from shared.bodies.base import ANNY_TO_SMPLX_WORLD
-        from shared.bodies.smplx_convention import _OWNER, smplx_to_anny, tpose_joints
 
         body = get_anny()
         values = [0.5] * len(body.phenotype_labels) if phenotype is None else list(phenotype)
@@ -117,7 +121,7 @@ class KeypointSkeleton:
             weights = torch.zeros(count, 22)
             grouped = torch.zeros(count, 22, 3)
             for column, bone in enumerate(body._kp_bones.tolist()):
-                joint = _body_owner(int(_OWNER[bone]))
+                joint = _body_owner(int(ANNY_BONE_OWNER[bone]))
                 weights[:, joint] += body._kp_alpha[rows, column]
                 grouped[:, joint] += shares[rows, column]
             mapped = body.keypoint_mapped[rows].clone()

@@ -49,7 +49,7 @@ from shared.bodies.skeleton import rodrigues
 from shared.fitting.losses import geman_mcclure, person_scale, project, weighted_centre
 from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
 from shared.prior.model import PosePrior
-from shared.prior.sampling import _Stepper, row_noise, time_grid
+from shared.prior.sampling import Stepper, row_noise, time_grid
 
 # Keypoints below this confidence are ignored (as in the deterministic fitter).
 MIN_CONFIDENCE = 0.3
@@ -211,7 +211,7 @@ def _rigid_start(
 
     for _ in range(settings.rigid_iterations):
         optimiser.zero_grad()
-        loss()[0].sum().backward()
+        torch.autograd.backward(loss()[0].sum())  # what Tensor.backward (untyped) runs
         optimiser.step()
     with torch.no_grad():
         value, pelvis = loss()
@@ -315,11 +315,11 @@ class _GuidedSampler:
                 pose = prior.denormalise(pose_var).view(-1, 21, 3)
                 data, _ = energy(pose, orient, pelvis)
                 loss = data + weight * (pose_var - anchor).square().sum(-1)
-                loss.sum().backward()
+                torch.autograd.backward(loss.sum())
                 optimiser.step()
             return pose_var.detach().clone()
 
-        stepper = _Stepper(prior)
+        stepper = Stepper(prior)
         grid = [*time_grid(prior, settings.steps).tolist(), 0.0]
         x = noise[:, 0] * prior.sde.prior_std()
         for i in range(len(grid) - 1):

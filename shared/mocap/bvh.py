@@ -27,6 +27,8 @@ import numpy as np
 import roma
 import torch
 
+from shared.bodies.skeleton import BODY_JOINT_NAMES, BODY_PARENTS, BodySkeleton
+
 # Metres per file unit of the units mocap BVH files come in. "cmu": the CMU ASF unit, in which the
 # CMU-named conversions are written (1/0.45 inch: ASF files say "length 0.45").
 UNITS: dict[str, float] = {
@@ -195,7 +197,7 @@ class BvhMotion:
         j = self.skeleton.index(joint) if isinstance(joint, str) else joint
         rotations, positions = self.forward_kinematics()
         sites = self.skeleton.end_sites[j]
-        return positions[:, j, None] + np.einsum("tab,eb->tea", rotations[:, j], sites)
+        return np.asarray(positions[:, j, None] + np.einsum("tab,eb->tea", rotations[:, j], sites))
 
 
 def _axis_rotations(axis: str, radians: np.ndarray) -> np.ndarray:
@@ -481,7 +483,6 @@ def write_bvh(
             are used).
         unit: length unit of the file: a key of :data:`UNITS` (default centimetres).
     """
-    from shared.bodies.skeleton import BODY_JOINT_NAMES, BODY_PARENTS
 
     orient = _as_numpy(global_orient).reshape(-1, 3)
     frames = orient.shape[0]
@@ -496,8 +497,6 @@ def write_bvh(
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}: use one of {sorted(UNITS)}")
     if rest_joints is None:
-        from shared.bodies.skeleton import BodySkeleton
-
         rest_joints = BodySkeleton.neutral().rest_joints
     rest = _as_numpy(rest_joints).reshape(-1, 22, 3)[0]
     per_unit = 1.0 / UNITS[unit]

@@ -35,18 +35,18 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import roma
 import torch
 
-from shared.bodies.skeleton import mirror_body_pose
+from shared.bodies.skeleton import BodySkeleton, mirror_body_pose
+from shared.mocap.amass import read_amass
+from shared.mocap.bvh import read_bvh
 from shared.mocap.retarget import BODY_JOINTS, BodyMotion, Retargeter
-
-if TYPE_CHECKING:
-    from shared.bodies.skeleton import BodySkeleton
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ def _geodesic_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angle in degrees between rotation matrices (..., 3, 3)."""
     relative = np.swapaxes(a, -1, -2) @ b
     cos = (np.trace(relative, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return np.asarray(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
 def _limb_postures(globals_: np.ndarray) -> np.ndarray:
     """(T, 8, 3, 3) hips, knees, shoulders and elbows relative to the pelvis (heading-free)."""
-    return np.swapaxes(globals_[:, :1], -1, -2) @ globals_[:, _LIMBS]
+    return np.asarray(np.swapaxes(globals_[:, :1], -1, -2) @ globals_[:, _LIMBS])
 
 
 def synthetic_frames(
@@ -127,7 +127,7 @@ def glitches(
     flips = _geodesic_deg(local[1:], local[:-1]).max(1) * fps > config.flip_speed_deg_s
     joints = body_joints(motion, skeleton)
     jumps = np.linalg.norm(np.diff(joints, axis=0), axis=-1).max(1) * fps
-    return flips | (jumps > config.max_joint_speed_m_s)
+    return np.asarray(flips | (jumps > config.max_joint_speed_m_s))
 
 
 def body_joints(motion: BodyMotion, skeleton: BodySkeleton) -> np.ndarray:
@@ -282,7 +282,7 @@ class PoseSequence(Mapping[str, np.ndarray]):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self.KEYS:
             raise KeyError(key)
-        return getattr(self, key)
+        return cast(np.ndarray, getattr(self, key))  # one of the KEYS fields
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.KEYS)
@@ -464,8 +464,6 @@ def _sha256(path: Path) -> str:
 
 def _software_version() -> str:
     try:
-        from importlib.metadata import version
-
         return f"bodyserve {version('bodyserve')}, mocap dataset v{DATASET_VERSION}"
     except Exception:  # not installed as a package: the source tree's version is unknown
         return f"bodyserve (source), mocap dataset v{DATASET_VERSION}"
@@ -481,10 +479,7 @@ class _Piece:
 
 def _load_motion(path: Path, retargeter: Retargeter) -> BodyMotion:
     if path.suffix.lower() == ".bvh":
-        from shared.mocap.bvh import read_bvh
-
         return retargeter(read_bvh(path))
-    from shared.mocap.amass import read_amass
 
     return read_amass(path)
 
@@ -528,7 +523,6 @@ def _build(
     skeleton: BodySkeleton | None,
     cleaning: CleaningConfig,
 ) -> PoseDataset:
-    from shared.bodies.skeleton import BodySkeleton
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

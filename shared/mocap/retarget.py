@@ -43,17 +43,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import roma
 import torch
 
+from shared.bodies.skeleton import BodySkeleton
 from shared.bodies.smplx_convention import SMPLX_JOINT_NAMES, SMPLX_PARENTS
 from shared.mocap.bvh import BvhMotion, BvhSkeleton, euler_to_matrix, forward_kinematics
-
-if TYPE_CHECKING:
-    from shared.bodies.skeleton import BodySkeleton
 
 BODY_JOINTS: tuple[str, ...] = SMPLX_JOINT_NAMES[:22]
 _PARENTS: tuple[int, ...] = SMPLX_PARENTS[:22]
@@ -266,7 +263,7 @@ def detect_family(skeleton: BvhSkeleton) -> SkeletonFamily:
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.asarray(v / np.linalg.norm(v, axis=-1, keepdims=True))
 
 
 def _frame(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
@@ -279,13 +276,13 @@ def _frame(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
 def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angle in degrees between direction arrays (..., 3)."""
     cos = (_unit(a) * _unit(b)).sum(-1)
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return np.asarray(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
 def _slerp_half(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(..., 3, 3) the rotation halfway between ``a`` and ``b`` (geodesic)."""
     relative = roma.rotmat_to_rotvec(torch.from_numpy(np.swapaxes(a, -1, -2) @ b))
-    return a @ roma.rotvec_to_rotmat(relative / 2).numpy()
+    return np.asarray(a @ roma.rotvec_to_rotmat(relative / 2).numpy())  # roma is untyped
 
 
 # --------------------------------------------------------------------------- reference posture
@@ -331,8 +328,8 @@ def _segment_vector(
         if len(sites) == 0:
             raise RetargetError(f"{skeleton.names[owner]} has no End Site")
         tip = positions[..., owner, :] + (rotations[..., owner, :, :] @ sites[0])
-        return tip - positions[..., joint, :]
-    return positions[..., skeleton.index(segment.target), :] - positions[..., joint, :]
+        return np.asarray(tip - positions[..., joint, :])
+    return np.asarray(positions[..., skeleton.index(segment.target), :] - positions[..., joint, :])
 
 
 def _check_tpose(skeleton: BvhSkeleton, family: SkeletonFamily, ref: Reference) -> None:
@@ -468,8 +465,6 @@ class Retargeter:
 
     def __init__(self, skeleton: BodySkeleton | None = None, scale_to_body: bool = True) -> None:
         if skeleton is None:
-            from shared.bodies.skeleton import BodySkeleton
-
             skeleton = BodySkeleton.neutral()
         self.skeleton = skeleton
         self.rest = skeleton.rest_joints[0].detach().double().cpu().numpy()  # (22, 3)

@@ -7,18 +7,22 @@ backend when configured) and the benchmarks, so every path runs identical code.
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from shared.bodies.anny_model import get_anny
 from shared.bodies.joint_names import SKELETON_JOINTS
-from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS
+from shared.bodies.skeleton import BODY_PARENTS
+from shared.bodies.smplx_convention import SMPLX_PARAM_DIMS, anny_to_smplx
+from shared.bodies.smplx_model import SmplxBody
+from shared.camera import default_camera
 from shared.inference.contracts import (
     FitInputs,
     FitOutputs,
@@ -26,10 +30,14 @@ from shared.inference.contracts import (
     LiftInputs,
     LiftOutputs,
 )
+from shared.io.exports import export_meshes, export_params_npz
 from shared.keypoints.formats import MEDIAPIPE33, PersonKeypoints
+from shared.lifting.results import lifted_frames, to_lift_keypoints
 from shared.lifting.summary import AMBIGUOUS_SPREAD_MM, HypothesisSummary, summarise
-from shared.schemas.artifacts import ARTIFACT_OF as _ARTIFACT_OF
-from shared.schemas.artifacts import CONTENT_TYPES, Output
+from shared.prior.pose_outputs import pelvis_rest
+from shared.render.renderer import render_overlay
+from shared.render.spread import PersonSpread, render_spread
+from shared.schemas.artifacts import ARTIFACT_OF, CONTENT_TYPES, Output
 from shared.schemas.bodies import AnnyParams, Camera, SmplxParams
 from shared.schemas.lifting import LiftedFrame
 from shared.schemas.mesh_recovery import (
@@ -40,14 +48,10 @@ from shared.schemas.mesh_recovery import (
 )
 from shared.settings import get_settings
 
-if TYPE_CHECKING:
-    from shared.bodies.smplx_model import SmplxBody
-
 ProgressCallback = Callable[[float, str], None]
 
 # Horizontal-or-vertical field of view assumed for the longer image side when the request
 # gives no focal length: a typical phone/compact camera.
-DEFAULT_FOV_DEG = 50.0
 SPREAD_ARTIFACT = "spread.png"
 
 
@@ -58,13 +62,6 @@ class RecoveryOutput:
     fit: FitOutputs | None = None
     # With hypotheses > 1: every person's hypotheses (S = people, T = 1).
     lift: LiftOutputs | None = None
-
-
-def default_camera(width: int, height: int, focal_length_px: float | None) -> np.ndarray:
-    focal = focal_length_px or max(width, height) / (
-        2 * math.tan(math.radians(DEFAULT_FOV_DEG) / 2)
-    )
-    return np.array([focal, focal, width / 2, height / 2], dtype=np.float32)
 
 
 def fit_inputs(
@@ -91,7 +88,6 @@ def lift_inputs(
 ) -> LiftInputs:
     """Every person's detected body keypoints as one lifting batch (S = people, T = 1), with
     the camera of the fit; person i samples with seed + i."""
-    from shared.pipeline.pose_jobs import to_lift_keypoints
 
     body = np.stack([p.body for p in people]).astype(np.float32)
     return LiftInputs(
@@ -175,7 +171,6 @@ def recover(
     j0 = smplx_body.pelvis_rest() if smplx_body is not None else None
     smplx = smplx_parameters(fitted, j0)
     timings["smplx_convention"] = _ms(started)
-    from shared.bodies.anny_model import get_anny
 
     labels = get_anny().phenotype_labels
     mapped = get_anny().keypoint_mapped[: len(MEDIAPIPE33)].tolist()
@@ -226,7 +221,6 @@ def recover(
 
 def _sampled_bodies(lifted: LiftOutputs) -> list[LiftedFrame]:
     """Each person's hypotheses and their summary, as the lift route gives them."""
-    from shared.pipeline.pose_jobs import lifted_frames
 
     frames: list[LiftedFrame] = []
     for i in range(lifted.joints.shape[0]):
@@ -253,7 +247,6 @@ def _finish(
 @lru_cache(maxsize=1)
 def get_smplx_body() -> SmplxBody:
     """The user's SMPL-X model (BODYSERVE_SMPLX_MODEL_PATH), loaded once per process."""
-    from shared.bodies.smplx_model import SmplxBody
 
     path = get_settings().smplx_model_path
     if path is None:
@@ -262,7 +255,6 @@ def get_smplx_body() -> SmplxBody:
 
 
 def _anny_meshes(fitted: FitOutputs) -> list[tuple[np.ndarray, np.ndarray]]:
-    from shared.bodies.anny_model import get_anny
 
     faces = get_anny().faces
     return [(v, faces) for v in fitted.vertices]
@@ -272,7 +264,6 @@ def _smplx_meshes(
     body: SmplxBody, result: MeshRecoveryResult
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The user's SMPL-X model posed by the SMPL-X-convention parameters of each person."""
-    import torch
 
     keys = [k for k in SMPLX_PARAM_DIMS if k not in ("betas", "expression")]
     params = {
@@ -288,10 +279,6 @@ def _smplx_meshes(
 
 def smplx_parameters(fitted: FitOutputs, j0: Any = None) -> list[SmplxParams]:
     """SMPL-X-convention parameters of each fitted Anny body (camera frame)."""
-    import torch
-
-    from shared.bodies.anny_model import get_anny
-    from shared.bodies.smplx_convention import anny_to_smplx
 
     body = get_anny()
     pose = torch.as_tensor(fitted.pose)
@@ -331,13 +318,12 @@ def _export(
     options: MeshRecoveryOptions,
     meshes: list[tuple[np.ndarray, np.ndarray]],
 ) -> None:
-    from shared.io.exports import export_meshes, export_params_npz
 
     fitted = output.fit
     # The hypotheses' summary (the result holds it rounded) for the picture and the npz.
     summary = summarise(output.lift.joints[:, 0]) if output.lift is not None else None
     for wanted in options.outputs:
-        name = _ARTIFACT_OF[wanted]
+        name = ARTIFACT_OF[wanted]
         if wanted in (Output.glb, Output.obj, Output.ply) and meshes:
             output.artifacts[name] = export_meshes(meshes, wanted.value)  # type: ignore[arg-type]
         elif wanted is Output.overlay:
@@ -367,14 +353,13 @@ def _npz_params(result: MeshRecoveryResult, fitted: FitOutputs) -> dict[str, np.
 
 def _npz_hypotheses(lifted: LiftOutputs, summary: HypothesisSummary) -> dict[str, np.ndarray]:
     """The hypotheses as (P, N, ...) arrays, SMPL-X convention, camera frame."""
-    from shared.prior.pose_outputs import _pelvis_rest
 
     people, n = lifted.joints.shape[0], lifted.joints.shape[2]
     return {
         "hypotheses_global_orient": lifted.global_orient[:, 0],
         "hypotheses_body_pose": lifted.body_pose[:, 0].reshape(people, n, -1),
         # SMPL-X: pelvis = rest pelvis + transl.
-        "hypotheses_transl": lifted.pelvis[:, 0] - _pelvis_rest().numpy()[0],
+        "hypotheses_transl": lifted.pelvis[:, 0] - pelvis_rest().numpy()[0],
         "hypotheses_pelvis": lifted.pelvis[:, 0],
         "hypotheses_joints": lifted.joints[:, 0],
         "hypotheses_keypoints_2d": lifted.keypoints_2d[:, 0],
@@ -387,8 +372,6 @@ def _npz_hypotheses(lifted: LiftOutputs, summary: HypothesisSummary) -> dict[str
 def _spread_png(
     image: np.ndarray, camera: np.ndarray, lifted: LiftOutputs, summary: HypothesisSummary
 ) -> bytes:
-    from shared.bodies.skeleton import BODY_PARENTS
-    from shared.render.spread import PersonSpread, render_spread
 
     people = [
         PersonSpread(
@@ -409,7 +392,6 @@ def _spread_png(
 
 
 def _overlay_png(image: np.ndarray, meshes: list, camera: np.ndarray) -> bytes:
-    from shared.render.renderer import render_overlay
 
     picture = image
     if meshes:

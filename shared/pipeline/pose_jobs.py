@@ -15,25 +15,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 
-from shared.bodies.joint_names import BODY_POSE_JOINTS, SKELETON_JOINTS
+from shared.bodies.anny_model import get_anny
+from shared.bodies.joint_names import BODY_POSE_JOINTS
+from shared.bodies.skeleton import BodySkeleton
+from shared.camera import default_camera
 from shared.inference.contracts import (
     InferenceBackend,
     InferenceUnavailable,
     LiftInputs,
     LiftOutputs,
+    MotionInputs,
 )
+from shared.io.exports import export_meshes
 from shared.keypoints.formats import FORMATS
+from shared.lifting.results import lifted_frames, rounded, to_lift_keypoints
+from shared.lifting.summary import AMBIGUOUS_SPREAD_MM
+from shared.mocap.bvh import write_bvh
+from shared.prior.pose_outputs import (
+    AnnyPose,
+    anny_pose_from_smplx,
+    anny_pose_in_camera,
+    pose_meshes,
+    rotation_spread_deg,
+    skeleton_joints,
+)
+from shared.prior.rows import PriorTask
 from shared.schemas.artifacts import CONTENT_TYPES, MOTION_BVH_ARTIFACT, POSE_MESH_ARTIFACT
-from shared.schemas.bodies import AnnyParams, Camera, LiftedPose, SmplxBodyParams, SmplxParams
+from shared.schemas.bodies import AnnyParams, Camera, SmplxParams
 from shared.schemas.lifting import (
-    LiftedFrame,
     LiftedTrack,
-    LiftSummary,
     PoseLiftRequest,
     PoseLiftResult,
 )
@@ -47,9 +63,6 @@ from shared.schemas.poses import (
     PoseOutput,
     PoseSample,
 )
-
-if TYPE_CHECKING:
-    from shared.prior.pose_outputs import AnnyPose
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -70,19 +83,11 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-def _rounded(array: object, decimals: int) -> Any:
-    """Nested lists of ``array``'s values to ``decimals`` places (in float64, so that the JSON
-    shows 0.1, not float32's 0.10000000149011612)."""
-    return np.asarray(array, np.float64).round(decimals).tolist()
-
-
 def pose_samples(
     body_pose: np.ndarray, global_orient: np.ndarray | None = None
 ) -> tuple[list[PoseSample], AnnyPose]:
     """(B, 21, 3) body poses (+ (B, 3) orientations, default zero) -> one :class:`PoseSample`
     per pose, and the :class:`~shared.prior.pose_outputs.AnnyPose` they hold (for meshes)."""
-    from shared.bodies.anny_model import get_anny
-    from shared.prior.pose_outputs import anny_pose_from_smplx, skeleton_joints
 
     body_pose = np.asarray(body_pose, np.float32)
     count = len(body_pose)
@@ -97,8 +102,8 @@ def pose_samples(
         samples.append(
             PoseSample(
                 smplx=SmplxParams(
-                    global_orient=_rounded(orient[i], 6),
-                    body_pose=_rounded(body_pose[i], 6),
+                    global_orient=rounded(orient[i], 6),
+                    body_pose=rounded(body_pose[i], 6),
                     left_hand_pose=[zeros3] * 15,
                     right_hand_pose=[zeros3] * 15,
                     jaw_pose=zeros3,
@@ -107,21 +112,20 @@ def pose_samples(
                     betas=[0.0] * 10,
                     expression=[0.0] * 10,
                     transl=zeros3,  # the pelvis stays at the rest pelvis (J0)
-                    pelvis=_rounded(joints[i, 0], 6),
+                    pelvis=rounded(joints[i, 0], 6),
                 ),
                 anny=AnnyParams(
-                    pose=_rounded(anny.pose[i], 5),
+                    pose=rounded(anny.pose[i], 5),
                     phenotype={k: float(v) for k, v in zip(labels, anny.phenotype[i], strict=True)},
-                    transl=_rounded(anny.transl[i], 6),
+                    transl=rounded(anny.transl[i], 6),
                 ),
-                joints_3d=_rounded(joints[i], 5),
+                joints_3d=rounded(joints[i], 5),
             )
         )
     return samples, anny
 
 
 def _meshes(anny: AnnyPose, outputs: list[PoseOutput], fmt: str) -> dict[str, bytes]:
-    from shared.prior.pose_outputs import pose_meshes
 
     if PoseOutput.mesh not in outputs:
         return {}
@@ -134,7 +138,6 @@ def generate_poses(
     progress: ProgressCallback | None = None,
 ) -> PoseJobOutput:
     """``request.n`` poses from the prior, pose i drawn with seed ``request.seed + i``."""
-    from shared.prior.rows import PriorTask
 
     report = progress or _no_progress
     timings: dict[str, float] = {}
@@ -178,8 +181,6 @@ def complete_pose(
 ) -> PoseJobOutput:
     """``request.k`` completions of one pose: known joints kept, the others drawn from the
     prior (hypothesis i with seed ``request.seed + i``), and how much each joint varies."""
-    from shared.prior.pose_outputs import rotation_spread_deg
-    from shared.prior.rows import PriorTask
 
     report = progress or _no_progress
     timings: dict[str, float] = {}
@@ -229,11 +230,6 @@ def denoise_motion(
     progress: ProgressCallback | None = None,
 ) -> PoseJobOutput:
     """A jittery motion (3D joints or per-frame poses) -> a smooth, plausible one and its BVH."""
-    import torch
-
-    from shared.bodies.skeleton import BodySkeleton
-    from shared.inference.contracts import MotionInputs
-    from shared.mocap.bvh import write_bvh
 
     report = progress or _no_progress
     timings: dict[str, float] = {}
@@ -275,10 +271,10 @@ def denoise_motion(
     result = MotionDenoiseResult(
         frames=frames,
         fps=request.fps,
-        global_orient=_rounded(out.global_orient, 6),
-        body_pose=_rounded(out.body_pose, 6),
-        pelvis=_rounded(out.pelvis, 6),
-        joints=_rounded(out.joints, 5),
+        global_orient=rounded(out.global_orient, 6),
+        body_pose=rounded(out.body_pose, 6),
+        pelvis=rounded(out.pelvis, 6),
+        joints=rounded(out.joints, 5),
         prior_version=out.prior_version,
         artifacts={MOTION_BVH_ARTIFACT: CONTENT_TYPES[MOTION_BVH_ARTIFACT]},
         timings_ms=timings,
@@ -287,34 +283,6 @@ def denoise_motion(
 
 
 # --------------------------------------------------------------------------- lifting
-
-# coco17_feet's big toe is mediapipe's foot_index (the tip of the toes); its small toes have no
-# counterpart in the lifter's keypoints.
-_LIFT_ALIASES = {"left_big_toe": "left_foot_index", "right_big_toe": "right_foot_index"}
-
-
-def lift_index(fmt: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of format ``fmt`` and the :data:`~shared.lifting.keypoints.LIFT_KEYPOINTS` rows
-    they are, for the keypoints both have: ``lifted[..., to, :] = given[..., rows, :]``."""
-    from shared.lifting.keypoints import LIFT_KEYPOINTS
-
-    pairs = [
-        (i, LIFT_KEYPOINTS.index(_LIFT_ALIASES.get(name, name)))
-        for i, name in enumerate(FORMATS[fmt])
-        if _LIFT_ALIASES.get(name, name) in LIFT_KEYPOINTS
-    ]
-    return np.array([i for i, _ in pairs]), np.array([j for _, j in pairs])
-
-
-def to_lift_keypoints(keypoints: np.ndarray, fmt: str) -> np.ndarray:
-    """(..., K, 3) keypoints of format ``fmt`` -> (..., 33, 3) LIFT_KEYPOINTS (mediapipe33);
-    the keypoints ``fmt`` lacks get confidence 0."""
-    from shared.lifting.keypoints import LIFT_KEYPOINTS
-
-    rows, to = lift_index(fmt)
-    out = np.zeros((*keypoints.shape[:-2], len(LIFT_KEYPOINTS), 3), np.float32)
-    out[..., to, :] = keypoints[..., rows, :]
-    return out
 
 
 def lift_poses(
@@ -326,8 +294,6 @@ def lift_poses(
     reprojection-guided sampler, a summary of each person's (frame's) hypotheses, and
     optionally the bodies as one mesh file. Tracks of equal length go to the backend together
     (people: all in one call)."""
-    from shared.lifting.summary import AMBIGUOUS_SPREAD_MM
-    from shared.pipeline.mesh_recovery import default_camera
 
     report = progress or _no_progress
     timings: dict[str, float] = {}
@@ -405,77 +371,6 @@ def lift_poses(
     return PoseJobOutput(result, artifacts)
 
 
-def lifted_frames(
-    out: LiftOutputs, fmt: str, with_anny: bool = False
-) -> tuple[np.ndarray, list[LiftedFrame]]:
-    """One track's lift (S = 1) -> its representatives (T,) and one LiftedFrame per frame
-    (with each hypothesis' Anny parameters when ``with_anny``)."""
-    from shared.bodies.anny_model import get_anny
-    from shared.lifting.keypoints import KeypointSkeleton
-    from shared.lifting.summary import summarise
-    from shared.prior.pose_outputs import _pelvis_rest, anny_pose_in_camera
-
-    rows, to = lift_index(fmt)
-    mapped = KeypointSkeleton.neutral().mapped.numpy()[to]
-    shown = rows[mapped]  # the format's rows the body has a counterpart of
-    count = len(FORMATS[fmt])
-    summary = summarise(out.joints[0])  # over (T, N, 22, 3)
-    transl = out.pelvis[0] - _pelvis_rest().numpy()  # SMPL-X: pelvis = rest pelvis + transl
-    anny = None
-    if with_anny:
-        anny = anny_pose_in_camera(
-            out.global_orient[0].reshape(-1, 3),
-            out.body_pose[0].reshape(-1, 21, 3),
-            out.pelvis[0].reshape(-1, 3),
-        )
-        labels = get_anny().phenotype_labels
-        neutral = {k: float(v) for k, v in zip(labels, anny.phenotype[0], strict=True)}
-    frames = []
-    for t in range(out.joints.shape[1]):
-        hypotheses = []
-        for h in range(out.joints.shape[2]):
-            points: list[list[float] | None] = [None] * count
-            xy = _rounded(out.keypoints_2d[0, t, h, to[mapped]], 2)
-            for row, point in zip(shown, xy, strict=True):
-                points[row] = point
-            hypotheses.append(
-                LiftedPose(
-                    smplx=SmplxBodyParams(
-                        global_orient=_rounded(out.global_orient[0, t, h], 5),
-                        body_pose=_rounded(out.body_pose[0, t, h], 5),
-                        transl=_rounded(transl[t, h], 5),
-                        pelvis=_rounded(out.pelvis[0, t, h], 5),
-                    ),
-                    joints_3d=_rounded(out.joints[0, t, h], 5),
-                    keypoints_2d=points,
-                    reprojection_error_px=round(float(out.reprojection_error[0, t, h]), 3),
-                    anny=None
-                    if anny is None
-                    else AnnyParams(
-                        pose=_rounded(anny.pose[t * out.joints.shape[2] + h], 5),
-                        phenotype=neutral,
-                        transl=_rounded(anny.transl[t * out.joints.shape[2] + h], 6),
-                    ),
-                )
-            )
-        spread = summary.spread_mm[t]
-        frames.append(
-            LiftedFrame(
-                hypotheses=hypotheses,
-                summary=LiftSummary(
-                    representative=int(summary.representative[t]),
-                    spread_mm={
-                        j: round(float(s), 1) for j, s in zip(SKELETON_JOINTS, spread, strict=True)
-                    },
-                    ambiguous_joints=[
-                        j for j, a in zip(SKELETON_JOINTS, summary.ambiguous[t], strict=True) if a
-                    ],
-                ),
-            )
-        )
-    return summary.representative, frames
-
-
 def _lift_mesh(
     lifts: list[LiftOutputs],
     representatives: list[np.ndarray],
@@ -484,11 +379,6 @@ def _lift_mesh(
 ) -> bytes:
     """The lifted Anny bodies (neutral phenotype) where they stand in the camera frame, one
     file: each person's (frame's) representative, or every hypothesis."""
-    import torch
-
-    from shared.bodies.anny_model import get_anny
-    from shared.io.exports import export_meshes
-    from shared.prior.pose_outputs import anny_pose_in_camera
 
     orient, pose, pelvis, names = [], [], [], []
     for s, (out, chosen) in enumerate(zip(lifts, representatives, strict=True)):

@@ -157,7 +157,9 @@ class PosePrior(nn.Module):
     ) -> Tensor:
         c_in, c_skip, c_out, _ = _scalings(alpha, sigma)
         x_tilde = x / alpha
-        return c_skip * x_tilde + c_out * self.net(c_in * x_tilde, t)
+        # The scalings are Tensors or floats (Any); times the Tensor x_tilde, a Tensor.
+        denoised: Tensor = c_skip * x_tilde + c_out * self.net(c_in * x_tilde, t)
+        return denoised
 
     def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
         """Noise in ``x_t = alpha x_0 + sigma epsilon``: (B, 63), (B,) -> (B, 63)."""

@@ -55,7 +55,7 @@ class ResidualBlock(nn.Module):
     def forward(self, h: Tensor, time_embedding: Tensor) -> Tensor:
         """(B, hidden), (B, embed_dim) -> (B, hidden)."""
         scale, shift = self.time_to_scale_shift(time_embedding).chunk(2, dim=1)
-        y = self.dense_in(nn.functional.silu(self.norm_in(h)))
+        y: Tensor = self.dense_in(nn.functional.silu(self.norm_in(h)))  # a Module call is Any
         y = self.norm_out(y) * (1.0 + scale) + shift
         y = self.dense_out(self.dropout(nn.functional.silu(y)))
         return h + y
@@ -98,4 +98,5 @@ class ScoreModelFC(nn.Module):
         h = self.dense_in(x)
         for block in self.blocks:
             h = block(h, time_embedding)
-        return self.dense_out(nn.functional.silu(self.norm_out(h)))
+        correction: Tensor = self.dense_out(nn.functional.silu(self.norm_out(h)))  # Module: Any
+        return correction

@@ -26,7 +26,11 @@ import numpy as np
 import roma
 import torch
 
+from shared.bodies.anny_model import get_anny
 from shared.bodies.base import ANNY_TO_CAMERA, ANNY_TO_SMPLX_WORLD
+from shared.bodies.skeleton import BodySkeleton
+from shared.bodies.smplx_convention import smplx_to_anny, tpose_joints
+from shared.io.exports import export_meshes
 
 # Bodies in one mesh file stand this far apart along x, so that they do not overlap.
 MESH_SPACING_M = 1.0
@@ -41,7 +45,6 @@ class AnnyPose(NamedTuple):
 @lru_cache(maxsize=1)
 def _neutral_rest() -> tuple[torch.Tensor, torch.Tensor]:
     """Anny's neutral phenotype (1, 6) and its rest bone poses (1, 104, 4, 4)."""
-    from shared.bodies.anny_model import get_anny
 
     body = get_anny()
     phenotype = torch.full((1, len(body.phenotype_labels)), 0.5, dtype=body.dtype)
@@ -74,8 +77,6 @@ def anny_pose_from_smplx(
         :class:`AnnyPose`: ``pose`` (B, 104, 3) Anny local-bone axis-angle, ``transl`` (B, 3),
         ``phenotype`` (B, 6); pose Anny with ``AnnyBody.forward(pose, transl, phenotype)``.
     """
-    from shared.bodies.anny_model import get_anny
-    from shared.bodies.smplx_convention import smplx_to_anny
 
     pose = _as_tensor(body_pose, (21, 3), "body_pose")
     batch = pose.shape[0]
@@ -128,7 +129,7 @@ def anny_pose_in_camera(
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
     anny = anny_pose_from_smplx(body_pose, roma.rotmat_to_rotvec(flip @ rotation))
     to_camera = torch.as_tensor(ANNY_TO_CAMERA, dtype=torch.float32)
-    shift = _as_tensor(pelvis, (3,), "pelvis") - _pelvis_rest() @ flip.T
+    shift = _as_tensor(pelvis, (3,), "pelvis") - pelvis_rest() @ flip.T
     pose = anny.pose.clone()
     pose[:, 0] = roma.rotmat_to_rotvec(to_camera @ roma.rotvec_to_rotmat(anny.pose[:, 0]))
     return AnnyPose(pose=pose, transl=anny.transl @ to_camera.T + shift, phenotype=anny.phenotype)
@@ -142,21 +143,19 @@ def skeleton_joints(
     The 22 SMPL-X body joints (pelvis first) on Anny's neutral proportions, the pelvis where the
     posed Anny of :func:`anny_pose_from_smplx` has it.
     """
-    from shared.bodies.skeleton import BodySkeleton
 
     pose = _as_tensor(body_pose, (21, 3), "body_pose")
     batch = pose.shape[0]
     orient = torch.zeros(batch, 3) if global_orient is None else torch.as_tensor(global_orient)
     skeleton = BodySkeleton.neutral()
-    pelvis = _pelvis_rest().expand(batch, 3)
+    pelvis = pelvis_rest().expand(batch, 3)
     with torch.no_grad():
         return skeleton(orient.float(), pose, pelvis).numpy()
 
 
 @lru_cache(maxsize=1)
-def _pelvis_rest() -> torch.Tensor:
+def pelvis_rest() -> torch.Tensor:
     """(1, 3) the neutral body's pelvis joint (J0) in SMPL-X's frame: where zero transl puts it."""
-    from shared.bodies.smplx_convention import tpose_joints
 
     _, rest = _neutral_rest()
     with torch.no_grad():
@@ -173,15 +172,13 @@ def rotation_spread_deg(body_pose: np.ndarray) -> np.ndarray:
     rotations = roma.rotvec_to_rotmat(torch.as_tensor(np.asarray(body_pose, np.float64)))
     mean = roma.special_procrustes(rotations.sum(0))  # (J, 3, 3)
     angles = roma.rotmat_geodesic_distance(rotations, mean.expand_as(rotations))  # (K, J)
-    return np.degrees(angles.square().mean(0).sqrt().numpy())
+    return np.asarray(np.degrees(angles.square().mean(0).sqrt().numpy()))  # roma is untyped
 
 
 def pose_meshes(anny: AnnyPose, fmt: Literal["glb", "obj"]) -> bytes:
     """The posed Anny bodies as one file, a node/object per pose (``pose_0``, ``pose_1``, ...),
     standing :data:`MESH_SPACING_M` apart along x. As every mesh of bodyserve, in the OpenCV
     camera frame (the body upright, facing the camera): GLB turns it to glTF's Y up."""
-    from shared.bodies.anny_model import get_anny
-    from shared.io.exports import export_meshes
 
     body = get_anny()
     output = body.forward(anny.pose, anny.transl, anny.phenotype)

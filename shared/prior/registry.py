@@ -5,14 +5,15 @@ Triton's layout, read without Triton::
     model_repository/
       pose_prior/
         config.pbtxt
-        model.py          the python model, copied into every version folder when published
-        1/  model.py  prior.pt  record.json
+        model.py          the python model: its one implementation, for every version
+        1/  prior.pt  record.json  model.py -> ../model.py   (a link: Triton runs <N>/model.py)
         2/  ...
         .staging-*/       a version being published (hidden: Triton ignores it)
         .rejected/
           3-20250101T120000Z/   a version Triton refused, kept for inspection
 
-A version counts once it holds ``prior.pt`` and a readable ``record.json`` (how it was trained).
+A version counts once it holds ``prior.pt`` and a readable ``record.json`` (how it was trained);
+what a version guarantees: docs/model_versions.md.
 Folder names follow Triton's rule: a positive integer without a leading zero; anything else
 is ignored. (Rejected versions stay inside the model folder: Triton started with
 ``--load-model=*`` takes every folder at the repository's root, hidden or not, for a model, and
@@ -30,12 +31,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.prior.model import PRIOR_FILENAME
+from shared.prior.model import PRIOR_FILENAME, PosePrior
+from shared.settings import get_settings
 
 if TYPE_CHECKING:
     import torch
-
-    from shared.prior.model import PosePrior
 
 MODEL_NAME = "pose_prior"
 RECORD_FILENAME = "record.json"
@@ -46,7 +46,6 @@ _VERSION_NAME = re.compile(r"[1-9][0-9]*")
 
 def default_model_dir() -> Path:
     """``<settings.model_repository>/pose_prior``."""
-    from shared.settings import get_settings
 
     return Path(get_settings().model_repository) / MODEL_NAME
 
@@ -137,7 +136,6 @@ def load_prior_version(
     model_dir: str | Path | None, version: int, map_location: str | torch.device = "cpu"
 ) -> PosePrior:
     """The prior of one published version (eval mode)."""
-    from shared.prior.model import PosePrior
 
     folder = version_dir(model_dir, version)
     if not is_published(folder):

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from enum import IntEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from shared.prior.model import BODY_JOINTS
-
-if TYPE_CHECKING:
-    from shared.prior.model import PosePrior
-    from shared.prior.sampling import Sampler
+from shared.prior.model import BODY_JOINTS, PosePrior
+from shared.prior.sampling import Sampler, complete, denoise_poses, generate
 
 MAX_STEPS = 1000
 """Upper bound of ``steps`` per row: more buys nothing and would let one request hog a server."""
@@ -91,7 +88,6 @@ def run_prior_rows(
     denoising use the samplers :mod:`shared.prior.sampling` defaults them to). Returns
     (B, 21, 3) float32, row r drawn with ``seeds[r]``.
     """
-    from shared.prior.sampling import complete, denoise_poses, generate
 
     task = parse_task(task)
     steps = _check_steps(steps)

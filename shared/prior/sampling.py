@@ -103,7 +103,7 @@ def _as_body_pose(body_pose: np.ndarray | Tensor, name: str = "body_pose") -> Te
     return array
 
 
-class _Stepper:
+class Stepper:
     """Reverse steps ``t -> s`` of a prior, for a batch."""
 
     def __init__(self, prior: PosePrior) -> None:
@@ -147,7 +147,7 @@ def _check_sampler(sampler: str) -> float:
     return _SAMPLER_ETA[sampler]
 
 
-def _reverse(stepper: _Stepper, x: Tensor, times: Tensor, eta: float, noise: Tensor) -> Tensor:
+def _reverse(stepper: Stepper, x: Tensor, times: Tensor, eta: float, noise: Tensor) -> Tensor:
     """DPM-Solver++(2M) from x (B, 63) at ``times[0]`` through ``times`` and on to t = 0;
     ``noise`` (B, steps, 63) holds one draw per step."""
     grid = [*times.tolist(), 0.0]
@@ -184,7 +184,7 @@ def generate(
     eta = _check_sampler(sampler)
     times = time_grid(prior, steps)
     with _inference(prior):
-        stepper = _Stepper(prior)
+        stepper = Stepper(prior)
         noise = row_noise(seed_list, steps + 1).to(stepper.device)
         x = noise[:, 0] * prior.sde.prior_std()
         x = _reverse(stepper, x, times, eta, noise[:, 1:])
@@ -246,7 +246,7 @@ def complete(
     times = time_grid(prior, steps)
     rounds = resample if method == "repaint" else 1
     with _inference(prior):
-        stepper = _Stepper(prior)
+        stepper = Stepper(prior)
         device = stepper.device
         mask = torch.as_tensor(np.repeat(known_array, 3, axis=1), device=device)  # (B, 63)
         y = prior.normalise(pose.to(device))
@@ -310,7 +310,7 @@ def denoise_poses(
     eta = _check_sampler(sampler)
     times = time_grid(prior, steps, t_start=noise_level)
     with _inference(prior):
-        stepper = _Stepper(prior)
+        stepper = Stepper(prior)
         noise = row_noise(seed_list, steps + 1).to(stepper.device)
         x0 = prior.normalise(pose.to(stepper.device))
         alpha, sigma = stepper.marginal(noise_level)

@@ -416,7 +416,7 @@ def _train(
         z = torch.randn((config.batch_size, POSE_DIM), generator=run.generator)
         loss = denoising_loss(run.model, data[index], t, z).mean()
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)  # what Tensor.backward (untyped) runs
         torch.nn.utils.clip_grad_norm_(run.model.net.parameters(), config.grad_clip)
         run.optimizer.step()
         run.scheduler.step()

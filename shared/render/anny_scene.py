@@ -20,6 +20,7 @@ import numpy as np
 import roma
 import torch
 
+from shared.bodies.anny_model import get_anny
 from shared.bodies.base import ANNY_TO_CAMERA, ANNY_TO_SMPLX_WORLD
 from shared.bodies.limits import HINGES, MAX_ANGLE_DEG, limit_violations
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS, smplx_to_anny, tpose_joints
@@ -106,7 +107,6 @@ def pose_anny(
             camera frame; default none.
         translation: (B, 3) where the pelvis goes in the camera frame; default the origin.
     """
-    from shared.bodies.anny_model import get_anny
 
     body = get_anny()
     pose = torch.as_tensor(np.asarray(body_pose, np.float32))
@@ -140,7 +140,7 @@ def pose_anny(
         vertices = np.einsum("bij,bvj->bvi", r, vertices)
     if translation is not None:
         vertices = vertices + np.asarray(translation, np.float32).reshape(batch, 1, 3)
-    return vertices.astype(np.float32)
+    return np.asarray(vertices, np.float32)  # fresh: no copy needed
 
 
 def place_in_view(
@@ -160,7 +160,6 @@ def place_in_view(
 
 def anny_scene_body(vertices: np.ndarray, rng: np.random.Generator) -> SceneBody:
     """Anny's posed ``vertices`` (camera frame) with a random look drawn from ``rng``."""
-    from shared.bodies.anny_model import get_anny
 
     regions = anny_regions()
     return SceneBody(

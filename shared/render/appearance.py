@@ -30,7 +30,10 @@ from functools import lru_cache
 from typing import Final, Protocol
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
+from shared.bodies.anny_model import get_anny
 from shared.render.parts import PART_IDS, anny_vertex_parts
 from shared.render.scene import MAX_LIGHTS, PATTERNS, Lighting, Material
 
@@ -126,7 +129,7 @@ def skin_tone(position: float) -> np.ndarray:
     tones = np.stack([srgb_to_linear(_hex(c)) for c in SKIN_TONES])
     low = min(math.floor(position), len(SKIN_TONES) - 2)
     t = position - low
-    return ((1.0 - t) * tones[low] + t * tones[low + 1]).astype(np.float32)
+    return np.asarray((1.0 - t) * tones[low] + t * tones[low + 1], np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,10 +178,6 @@ def _limb_coordinate(points: np.ndarray, chain: list[np.ndarray]) -> np.ndarray:
 @lru_cache(maxsize=1)
 def anny_regions() -> AnnyRegions:
     """The regions of Anny's mesh (computed once per process from the loaded model)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    from shared.bodies.anny_model import get_anny
 
     body = get_anny()
     model = body.model
@@ -188,7 +187,7 @@ def anny_regions() -> AnnyRegions:
     count = len(coords)
 
     def head(bone: str) -> np.ndarray:
-        return heads[body.bone(bone)]
+        return np.asarray(heads[body.bone(bone)])
 
     arm = np.full(count, -1.0)
     leg = np.full(count, -1.0)
@@ -267,7 +266,7 @@ def _random_garment_color(rng: np.random.Generator) -> np.ndarray:
     """sRGB: a neutral (45 %) or any hue, mostly not fully saturated."""
     if rng.random() < 0.45:
         base = _hex(_NEUTRALS[rng.integers(len(_NEUTRALS))])
-        return np.clip(base * rng.uniform(0.85, 1.15, 3), 0.0, 1.0)
+        return np.asarray(np.clip(base * rng.uniform(0.85, 1.15, 3), 0.0, 1.0))
     hue, saturation, value = rng.random(), rng.uniform(0.25, 0.9), rng.uniform(0.2, 0.95)
     return np.array(colorsys.hsv_to_rgb(hue, saturation, value))
 

@@ -59,6 +59,7 @@ def _ramp(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     xs /= max(width - 1, 1)
     ys /= max(height - 1, 1)
+    t: np.ndarray  # (the rows of an unpacked array are Any)
     if rng.random() < 0.7:
         angle = rng.uniform(0, 2 * math.pi)
         t = xs * math.cos(angle) + ys * math.sin(angle)

@@ -94,7 +94,7 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     ab = b - a
     length2 = np.maximum((ab * ab).sum(axis=1), 1e-300)
     t = np.clip(((p - a) * ab).sum(axis=1) / length2, 0.0, 1.0)
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
+    return np.asarray(np.linalg.norm(p - (a + t[:, None] * ab), axis=1))
 
 
 def cast_rays(
@@ -152,11 +152,11 @@ def cast_rays(
         # Cells whose centre may lie within the margin of each triangle, clipped to the queries.
         def first(values: np.ndarray, bound: int) -> np.ndarray:
             cells = np.floor((values.min(axis=1) - edge_margin_px) / size + 0.5)
-            return np.maximum(cells, bound).astype(np.int64)
+            return np.asarray(np.maximum(cells, bound), np.int64)
 
         def last(values: np.ndarray, bound: int) -> np.ndarray:
             cells = np.floor((values.max(axis=1) + edge_margin_px) / size + 0.5)
-            return np.minimum(cells, bound).astype(np.int64)
+            return np.asarray(np.minimum(cells, bound), np.int64)
 
         i0, i1, j0, j1 = first(tu, low[0]), last(tu, high[0]), first(tv, low[1]), last(tv, high[1])
         width = np.clip(i1 - i0 + 1, 0, None)
@@ -337,7 +337,7 @@ def _on_image_rows(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _on_image(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    return pixels[_on_image_rows(pixels, height, width)]
+    return np.asarray(pixels[_on_image_rows(pixels, height, width)])
 
 
 def _depth_slope(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -36,6 +36,8 @@ from typing import Final
 
 import numpy as np
 
+from shared.bodies.anny_model import get_anny
+
 BODY_PARTS: Final[tuple[str, ...]] = (
     "head",
     "torso",
@@ -94,7 +96,7 @@ def vertex_parts_from_skinning(
     parts = np.asarray(bone_parts, dtype=np.int64)[indices]  # (V, K)
     per_part = np.zeros((len(indices), len(BODY_PARTS) + 1))
     np.add.at(per_part, (np.arange(len(indices))[:, None], parts), weights)
-    return np.argmax(per_part, axis=1).astype(np.uint8)
+    return np.asarray(np.argmax(per_part, axis=1), np.uint8)
 
 
 def face_parts(faces: np.ndarray, vertex_parts: np.ndarray) -> np.ndarray:
@@ -109,7 +111,6 @@ def face_parts(faces: np.ndarray, vertex_parts: np.ndarray) -> np.ndarray:
 def anny_vertex_parts() -> np.ndarray:
     """(V,) uint8 part id of each vertex of Anny's mesh, read-only. The same for every phenotype
     and pose: the skinning weights do not change."""
-    from shared.bodies.anny_model import get_anny
 
     body = get_anny()
     model = body.model

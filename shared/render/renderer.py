@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
+import moderngl
 import numpy as np
 
 __all__ = [
@@ -184,7 +185,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals.astype(np.float32)
 
 
-def _check_camera(camera: Sequence[float]) -> tuple[float, float, float, float]:
+def check_camera(camera: Sequence[float]) -> tuple[float, float, float, float]:
     values = tuple(float(c) for c in camera)
     if len(values) != 4 or not all(np.isfinite(values)):
         raise ValueError(f"camera must be 4 finite numbers (fx, fy, cx, cy), got {camera!r}")
@@ -194,7 +195,7 @@ def _check_camera(camera: Sequence[float]) -> tuple[float, float, float, float]:
     return fx, fy, cx, cy
 
 
-def _check_size(height: int, width: int) -> tuple[int, int]:
+def check_size(height: int, width: int) -> tuple[int, int]:
     h, w = int(height), int(width)
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
@@ -300,7 +301,7 @@ def _tiles(region: tuple[int, int, int, int], tile: int) -> list[tuple[int, int,
     ]
 
 
-def _round_up(value: int, step: int) -> int:
+def round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
@@ -309,7 +310,7 @@ def _round_up(value: int, step: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class _GLWorker:
+class GLWorker:
     """Owns the process's moderngl context and runs every GL call on one dedicated thread."""
 
     _FBO_CACHE_SIZE = 4
@@ -338,8 +339,6 @@ class _GLWorker:
         if self._error is not None:
             raise self._error
         try:
-            import moderngl
-
             self._ctx = moderngl.create_standalone_context(backend="egl")  # type: ignore[arg-type]
         except Exception as exc:
             self._error = RendererUnavailable(
@@ -414,7 +413,7 @@ class _GLWorker:
         return self._fbos[key]
 
     def shutdown(self) -> None:
-        def _release(worker: _GLWorker, ctx: Any) -> None:
+        def _release(worker: GLWorker, ctx: Any) -> None:
             for _, _, objects in worker._fbos.values():
                 for obj in objects:
                     obj.release()
@@ -430,16 +429,16 @@ class _GLWorker:
         self._executor.shutdown(wait=True)
 
 
-_worker: _GLWorker | None = None
+_worker: GLWorker | None = None
 _worker_lock = threading.Lock()
 
 
-def _get_worker() -> _GLWorker:
+def gl_worker() -> GLWorker:
     global _worker
     with _worker_lock:
         if _worker is None or _worker.pid != os.getpid():
             # After a fork the parent's thread and context do not exist here: start afresh.
-            _worker = _GLWorker()
+            _worker = GLWorker()
         return _worker
 
 
@@ -467,7 +466,7 @@ def _upload(
 
 
 def _draw_tiles(
-    worker: _GLWorker,
+    worker: GLWorker,
     ctx: Any,
     kind: str,
     prep: _Prepared,
@@ -482,13 +481,12 @@ def _draw_tiles(
     ``kind == "shade"``: (h, w, 4) uint8, premultiplied RGB and coverage alpha.
     ``kind == "layers"``: (h, w, 2) float32, depth in metres and mesh label + 1 (0: none).
     """
-    import moderngl
 
     fx, fy, cx, cy = camera
     x0, y0, x1, y1 = prep.region
     tile = min(max_tile, worker.max_side(ctx))
     # Round the framebuffer up so that images of similar sizes share one cached framebuffer.
-    fbo_size = (min(tile, _round_up(x1 - x0, 256)), min(tile, _round_up(y1 - y0, 256)))
+    fbo_size = (min(tile, round_up(x1 - x0, 256)), min(tile, round_up(y1 - y0, 256)))
     samples = min(samples, ctx.max_samples) if kind == "shade" else 0
     samples = samples if samples > 1 else 0
     render_fbo, read_fbo, _ = worker.framebuffers(ctx, kind, fbo_size, samples)
@@ -559,7 +557,7 @@ class MeshRenderer:
     @staticmethod
     def info() -> dict[str, Any]:
         """The OpenGL driver's description (creates the context if needed)."""
-        return _get_worker().run(lambda worker, ctx: dict(ctx.info))
+        return gl_worker().run(lambda worker, ctx: dict(ctx.info))
 
     def render_overlay(
         self,
@@ -580,14 +578,14 @@ class MeshRenderer:
         img = _check_image(image)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        cam = _check_camera(camera)
+        cam = check_camera(camera)
         height, width = img.shape[:2]
         palette = _check_colors(colors, len(meshes))
         out = img.copy()
         prep = _prepare(meshes, cam, height, width, with_normals=True)
         if prep is None or alpha == 0.0:
             return out
-        rgba = _get_worker().run(
+        rgba = gl_worker().run(
             _draw_tiles, "shade", prep, cam, palette, self.samples, self.max_tile, self.ambient
         )
         x0, y0, x1, y1 = prep.region
@@ -609,14 +607,14 @@ class MeshRenderer:
         the camera-frame ``Z`` in metres (float32, 0 for background), exact to float32 (not
         read back from the depth buffer). No antialiasing: every label is exact.
         """
-        cam = _check_camera(camera)
-        h, w = _check_size(height, width)
+        cam = check_camera(camera)
+        h, w = check_size(height, width)
         mask = np.full((h, w), -1, np.int32)
         depth = np.zeros((h, w), np.float32)
         prep = _prepare(meshes, cam, h, w, with_normals=False)
         if prep is None:
             return RenderLayers(mask, depth)
-        values = _get_worker().run(
+        values = gl_worker().run(
             _draw_tiles, "layers", prep, cam, [], 0, self.max_tile, self.ambient
         )
         x0, y0, x1, y1 = prep.region

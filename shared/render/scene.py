@@ -39,16 +39,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
+import moderngl
 import numpy as np
 
 from shared.render.parts import face_parts
 from shared.render.renderer import (
     Camera,
-    _check_camera,
-    _check_size,
-    _get_worker,
-    _GLWorker,
-    _round_up,
+    GLWorker,
+    check_camera,
+    check_size,
+    gl_worker,
+    round_up,
     vertex_normals,
 )
 
@@ -363,7 +364,7 @@ def camera_from_fov(
     """Pinhole intrinsics ``(fx, fy, cx, cy)`` with square pixels, the principal point at the
     image centre (``(W - 1) / 2``, pixel centres at integers) and ``fov_deg`` across the given
     axis ("horizontal", "vertical" or "diagonal")."""
-    w, h = _check_size(height, width)[::-1]
+    w, h = check_size(height, width)[::-1]
     if not 0.0 < fov_deg < 180.0:
         raise ValueError(f"fov_deg must lie in (0, 180), got {fov_deg}")
     span = {"horizontal": w, "vertical": h, "diagonal": math.hypot(w, h)}.get(axis)
@@ -425,7 +426,7 @@ def _pack(bodies: Sequence[SceneBody]) -> tuple[list[_PackedBody], float, float]
 
 
 def _draw_scene(
-    worker: _GLWorker,
+    worker: GLWorker,
     ctx: Any,
     bodies: list[_PackedBody],
     camera: tuple[float, float, float, float],
@@ -437,7 +438,6 @@ def _draw_scene(
     """On the GL thread: the shaded pass at ``supersample`` times the size ((sH, sW, 4) RGBA8,
     alpha 255 where a body is drawn) and the labels pass ((H, W, 4) float32: depth, body + 1,
     triangle index, 0)."""
-    import moderngl
 
     width, height = size
     big = (width * supersample, height * supersample)
@@ -448,10 +448,10 @@ def _draw_scene(
         )
     # Framebuffers rounded up, so that similar sizes share one cached framebuffer.
     shade_fbo, _, _ = worker.framebuffers(
-        ctx, "shade", (_round_up(big[0], 64), _round_up(big[1], 64)), 0
+        ctx, "shade", (round_up(big[0], 64), round_up(big[1], 64)), 0
     )
     labels_fbo, _, _ = worker.framebuffers(
-        ctx, "labels", (_round_up(width, 64), _round_up(height, 64)), 0
+        ctx, "labels", (round_up(width, 64), round_up(height, 64)), 0
     )
     scene = worker.program(ctx, "scene", (_SCENE_VERTEX_SHADER, _SCENE_FRAGMENT_SHADER))
     labels = worker.program(ctx, "scene_labels", (_LABELS_VERTEX_SHADER, _LABELS_FRAGMENT_SHADER))
@@ -563,8 +563,8 @@ def render_scene(
         supersample: the RGB is shaded at this many times the size and averaged down
             (antialiased edges and patterns); 1: no antialiasing.
     """
-    cam = _check_camera(camera)
-    h, w = _check_size(height, width)
+    cam = check_camera(camera)
+    h, w = check_size(height, width)
     if not 1 <= int(supersample) <= 4 or int(supersample) != supersample:
         raise ValueError(f"supersample must be an integer in [1, 4], got {supersample}")
     factor = int(supersample)
@@ -578,7 +578,7 @@ def render_scene(
     face = np.full((h, w), -1, np.int32)
     if not packed or far <= 0 or near >= far:
         return SceneImage(bg.copy(), mask, depth, parts, face)
-    rgba, values = _get_worker().run(_draw_scene, packed, cam, (w, h), (near, far), light, factor)
+    rgba, values = gl_worker().run(_draw_scene, packed, cam, (w, h), (near, far), light, factor)
 
     # Average each s x s block: colour summed over the covered samples (the cleared ones are
     # transparent black), coverage = the share of covered samples; then

@@ -1,4 +1,7 @@
-"""The body parameters every result carries: SMPL-X-convention and Anny parameters, a camera, one hypothesis."""
+"""The body parameters every result carries.
+
+SMPL-X-convention and Anny parameters, the camera, one lifted hypothesis.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +35,6 @@ class AnnyParams(BaseModel):
     transl: list[float]  # 3, root head in the camera frame (metres)
 
 
-
-
 class Camera(BaseModel):
     fx: float
     fy: float
@@ -45,8 +46,6 @@ class Camera(BaseModel):
         "focal length), or the default ~50° field of view.",
     )
     convention: str = "opencv: x right, y down, z ahead; metres"
-
-
 
 
 class SmplxBodyParams(BaseModel):
@@ -78,5 +77,3 @@ class LiftedPose(BaseModel):
         description="The same body on Anny (neutral phenotype; root into the camera frame), "
         "when the request sets anny_params.",
     )
-
-

@@ -32,7 +32,6 @@ MAX_KEYPOINTS = 33
 Keypoints = Annotated[list[Keypoint], Field(max_length=MAX_KEYPOINTS)]
 
 
-
 def setting_limit(setting: str, keyword: str = "maxItems") -> Callable[[dict[str, Any]], None]:
     """Shows the current value of ``setting`` in a field's JSON schema (``keyword``: maxItems
     for a list, maximum for a number); the field's validator enforces it with a message that
@@ -42,7 +41,6 @@ def setting_limit(setting: str, keyword: str = "maxItems") -> Callable[[dict[str
         schema[keyword] = getattr(get_settings(), setting)
 
     return show
-
 
 
 MAX_SEED = 2**31 - 1
@@ -92,4 +90,3 @@ def check_count(value: int, limit: int, field: str, setting: str) -> int:
             "ask for fewer, or send several requests",
         )
     return value
-

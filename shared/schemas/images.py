@@ -7,6 +7,7 @@ import binascii
 import io
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.schemas.bodies import Camera
@@ -71,7 +72,6 @@ class Guidance(BaseModel):
 
 def decode_depth_png(value: str) -> bytes:
     """The PNG bytes of a base64 depth map, checked (ValueError says what is wrong)."""
-    from PIL import Image
 
     try:
         data = base64.b64decode(value, validate=True)

@@ -40,7 +40,6 @@ LiftFormat = Literal["coco17", "coco17_feet", "mediapipe33"]
 LIFT_FORMATS: tuple[str, ...] = get_args(LiftFormat)
 
 
-
 class ImageSize(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -128,9 +128,10 @@ class PersonResult(BaseModel):
         None, description="Index of the medoid hypothesis (closest on average to the others)."
     )
 
-    # No return annotation: one would replace this model's schema in the OpenAPI document.
+    # No return annotation: pydantic would take it for the serialized schema, which would
+    # replace this model's schema in the OpenAPI document (``-> Any`` makes it ``{}``).
     @model_serializer(mode="wrap")
-    def _omit_unsampled(self, handler: SerializerFunctionWrapHandler):
+    def _omit_unsampled(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         return _omit_none(handler(self), self.hypotheses is None, _PERSON_SAMPLING_FIELDS)
 
 
@@ -167,8 +168,8 @@ class MeshRecoveryResult(BaseModel):
         description="How each person's hypotheses were sampled (left out with hypotheses=1).",
     )
 
-    @model_serializer(mode="wrap")
-    def _omit_unsampled(self, handler: SerializerFunctionWrapHandler):
+    @model_serializer(mode="wrap")  # unannotated, as PersonResult's
+    def _omit_unsampled(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         return _omit_none(handler(self), self.sampling is None, ("sampling",))
 
 
@@ -184,5 +185,3 @@ class HypothesisSampling(BaseModel):
     )
     ambiguous_spread_mm: float = Field(description="The spread above which a joint is ambiguous.")
     frame: str = "camera (OpenCV): x right, y down, z ahead; metres"
-
-

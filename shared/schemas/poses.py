@@ -41,7 +41,6 @@ class PoseOutput(StrEnum):
     mesh = "mesh"  # the posed Anny bodies as one file (mesh_format), an artifact
 
 
-
 class PoseGenerateRequest(BaseModel):
     """POST /v1/poses/generate: draw ``n`` body poses from the pose prior."""
 

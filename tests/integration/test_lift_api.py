@@ -239,8 +239,8 @@ def test_triton_serves_what_the_in_process_backend_computes(
     """Same seeds, same hypotheses, whether Triton (chunked: more tracks than its
     max_batch_size) or this process computes them."""
     from services.common.triton_backend import TritonBackend
-    from shared.pipeline.mesh_recovery import default_camera
-    from shared.pipeline.pose_jobs import to_lift_keypoints
+    from shared.camera import default_camera
+    from shared.lifting.results import to_lift_keypoints
 
     tracks = 70
     keypoints = np.repeat(
@@ -272,8 +272,8 @@ def test_concurrent_requests_share_a_call_and_keep_their_results(
     """Requests arriving together are lifted together (dynamic batching, whatever their T and
     N), and each gets what it gets alone."""
     from services.common.triton_backend import TritonBackend
-    from shared.pipeline.mesh_recovery import default_camera
-    from shared.pipeline.pose_jobs import to_lift_keypoints
+    from shared.camera import default_camera
+    from shared.lifting.results import to_lift_keypoints
     from tests.integration.test_triton import _stats
 
     person = to_lift_keypoints(annotation["keypoints"], "coco17")

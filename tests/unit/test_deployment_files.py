@@ -15,9 +15,11 @@ they cannot drift:
   carries against Kubernetes' own schema;
 - every ``BODYSERVE_*`` variable set by compose, the Dockerfile or the Kubernetes config is a
   field of :class:`shared.settings.Settings`, and their values validate;
-- every Celery queue of ``services.workers.celery_app`` has its worker service in compose, its
-  Deployment and ScaledObject in Kubernetes, and every worker is scraped by Prometheus; every
-  compose service has its Kubernetes counterpart with the same command line;
+- every job queue of the capability table (``services.capabilities``) has its worker service in
+  compose, its Deployment and ScaledObject in Kubernetes, and every worker is scraped by
+  Prometheus; every compose service has its Kubernetes counterpart with the same command line;
+- the Triton readiness probes (compose, Kubernetes) and the model alert wait for every Triton
+  model of the table, which are the folders of ``model_repository/``;
 - every metric that the alert rules and the Grafana dashboard read is one the code (or Triton)
   exports.
 """
@@ -37,6 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.capabilities import JOB_QUEUES, JOB_TIME_LIMITS, TRITON_MODELS, WEBHOOKS_QUEUE
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +123,12 @@ def _option(argv: list[str], *names: str) -> str | None:
             if name.startswith("--") and arg.startswith(name + "="):
                 return arg.split("=", 1)[1]
     return None
+
+
+def _default_job_hard_limit_s() -> int:
+    """The job tasks' hard time limit by default (the setting the capability table names)."""
+    assert JOB_TIME_LIMITS.hard_setting is not None
+    return int(Settings.model_fields[JOB_TIME_LIMITS.hard_setting].default)
 
 
 def _workers() -> dict[str, list[str]]:
@@ -360,10 +369,8 @@ def test_triton_and_gateway_commands() -> None:
 
 
 def test_every_queue_has_its_worker_service() -> None:
-    from services.workers.celery_app import QUEUES, WEBHOOKS_QUEUE
-
     services = _services()
-    hard_limit = Settings.model_fields["job_hard_time_limit_s"].default
+    hard_limit = _default_job_hard_limit_s()
     served: dict[str, str] = {}
     for name, argv in _workers().items():
         assert _option(argv, "-A", "--app") == "services.workers.celery_app:app", name
@@ -384,7 +391,7 @@ def test_every_queue_has_its_worker_service() -> None:
         depends = service["depends_on"]
         assert depends["redis"]["condition"] == "service_healthy", name
         assert depends["triton"]["condition"] == "service_healthy", name
-    assert set(served) == set(QUEUES.values()), "compose's workers vs celery_app.QUEUES"
+    assert set(served) == set(JOB_QUEUES), "compose's workers vs the capability table's queues"
 
 
 # ----------------------------------------------------------------------------- Prometheus
@@ -811,8 +818,6 @@ def test_the_keda_schema_rejects_what_keda_would() -> None:
 
 
 def test_every_queue_has_a_worker_deployment_and_a_scaledobject() -> None:
-    from services.workers.celery_app import QUEUES
-
     deployments = _of_kind("Deployment")
     scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in _of_kind("ScaledObject").values()}
     compose_workers = _workers()
@@ -822,7 +827,7 @@ def test_every_queue_has_a_worker_deployment_and_a_scaledobject() -> None:
     assert redis_service, redis_url
     host, port, db = redis_service.groups()
     namespace = _kustomization()["namespace"]
-    hard_limit = Settings.model_fields["job_hard_time_limit_s"].default
+    hard_limit = _default_job_hard_limit_s()
     served = {}
     for name, deployment in deployments.items():
         container = _main(deployment)
@@ -830,7 +835,7 @@ def test_every_queue_has_a_worker_deployment_and_a_scaledobject() -> None:
         if argv[:1] != ["celery"]:
             continue
         queue, _, also = (_option(argv, "-Q", "--queues") or "").partition(",")
-        assert also == "webhooks", f"{name}: every worker serves the webhooks queue too"
+        assert also == WEBHOOKS_QUEUE, f"{name}: every worker serves the webhooks queue too"
         assert queue and name == "worker-" + queue.replace("_", "-"), name
         served[queue] = name
         # The same command line as compose's service of the same name.
@@ -856,7 +861,9 @@ def test_every_queue_has_a_worker_deployment_and_a_scaledobject() -> None:
         assert meta["address"] == f"{host}.{namespace}.svc:{port}", name
         assert meta["databaseIndex"] == db, name
         assert so["spec"]["minReplicaCount"] >= 1, f"{name}: keep a warm worker"
-    assert set(served) == set(QUEUES.values()), "Kubernetes' workers vs celery_app.QUEUES"
+    assert set(served) == set(JOB_QUEUES), "Kubernetes' workers vs the capability table's queues"
+    # KEDA scales every worker Deployment, on its own queue (listName, checked above).
+    assert set(scaled) == set(served.values()), "ScaledObjects vs worker Deployments"
     redis_port = _of_kind("Service")[host]["spec"]["ports"][0]["port"]
     assert str(redis_port) == port
 
@@ -925,6 +932,11 @@ def _repository_models() -> set[str]:
     return {p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt")}
 
 
+def test_the_table_names_every_model_of_the_repository() -> None:
+    # The readiness checks below compare with the table; the table with what Triton loads.
+    assert set(TRITON_MODELS) == _repository_models()
+
+
 def test_triton_requests_a_gpu_and_is_ready_per_model() -> None:
     triton = _of_kind("Deployment")["triton"]
     container = _main(triton)
@@ -932,8 +944,9 @@ def test_triton_requests_a_gpu_and_is_ready_per_model() -> None:
     assert container["resources"]["requests"][GPU] == "1"
     probe = container["readinessProbe"]["exec"]["command"]
     models = _probe_models(probe)
-    # The same models as compose's healthcheck: every model of the repository.
+    # The same models as compose's healthcheck: every Triton model of the capability table.
     assert models == _probe_models(_services()["triton"]["healthcheck"]["test"])
+    assert set(models) == set(TRITON_MODELS)
     assert set(models) == _repository_models()
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"][
@@ -1248,13 +1261,11 @@ def test_alert_rules_read_exported_metrics(exported_metrics: set[str]) -> None:
     # The models a ready Triton must serve: those the Triton readiness probes wait for.
     (triton,) = [r for r in rules if r["alert"] == "TritonModelNotReady"]
     (models,) = re.findall(r'model=~"([^"]+)"', triton["expr"])
-    assert set(models.split("|")) == _repository_models()
-    assert f"< {len(_repository_models())}" in triton["expr"]
+    assert set(models.split("|")) == set(TRITON_MODELS) == _repository_models()
+    assert f"< {len(TRITON_MODELS)}" in triton["expr"]
 
 
 def test_grafana_dashboard_reads_exported_metrics(exported_metrics: set[str]) -> None:
-    from services.workers.celery_app import QUEUES
-
     dashboard = _dashboard()
     assert dashboard["uid"] and dashboard["title"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
@@ -1286,7 +1297,7 @@ def test_grafana_dashboard_reads_exported_metrics(exported_metrics: set[str]) ->
         "bodyserve_job_duration_seconds_bucket",
     }
     assert ours <= used
-    assert QUEUES  # the queue panels group by the `queue` label of bodyserve_queue_depth
+    assert JOB_QUEUES  # the queue panels group by the `queue` label of bodyserve_queue_depth
 
 
 def test_promql_metric_extraction() -> None:

@@ -174,7 +174,7 @@ def test_mesh_body_count_is_bounded() -> None:
 
 def test_formats_convert_to_the_lifters_keypoints() -> None:
     from shared.lifting.keypoints import LIFT_KEYPOINTS
-    from shared.pipeline.pose_jobs import to_lift_keypoints
+    from shared.lifting.results import to_lift_keypoints
 
     coco = np.arange(17 * 3, dtype=np.float32).reshape(17, 3)
     lifted = to_lift_keypoints(coco[None], "coco17")[0]
@@ -233,7 +233,7 @@ class FakeBackend:
 
 def test_lift_poses_groups_tracks_by_length_and_answers_in_order() -> None:
     from shared.pipeline.pose_jobs import lift_poses
-    from shared.prior.pose_outputs import _pelvis_rest
+    from shared.prior.pose_outputs import pelvis_rest
 
     tracks = [[person()] * 2, [person()] * 3, [person()] * 2]
     request = PoseLiftRequest.model_validate(
@@ -263,7 +263,7 @@ def test_lift_poses_groups_tracks_by_length_and_answers_in_order() -> None:
     assert len(frame.hypotheses) == 3
     pose = frame.hypotheses[2]
     assert pose.smplx.pelvis == pytest.approx([0, 0, 5.2], abs=1e-5)
-    rest_pelvis = _pelvis_rest().numpy()[0]
+    rest_pelvis = pelvis_rest().numpy()[0]
     assert pose.smplx.transl == pytest.approx(np.array([0, 0, 5.2]) - rest_pelvis, abs=1e-4)
     assert np.shape(pose.joints_3d) == (22, 3) and len(pose.keypoints_2d) == 17
     assert pose.keypoints_2d[3] == pytest.approx(person()[3][:2])

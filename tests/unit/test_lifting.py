@@ -24,7 +24,7 @@ from shared.lifting.keypoints import LIFT_KEYPOINTS, KeypointSkeleton
 from shared.lifting.lift import lift
 from shared.lifting.summary import AMBIGUOUS_SPREAD_MM, summarise
 from shared.prior.model import PosePrior
-from shared.prior.pose_outputs import _pelvis_rest, anny_pose_from_smplx
+from shared.prior.pose_outputs import anny_pose_from_smplx, pelvis_rest
 from shared.prior.registry import load_latest_prior
 from shared.prior.sampling import generate
 from tests.conftest import missing
@@ -80,7 +80,7 @@ def test_keypoints_are_anny_s_for_adapter_poses() -> None:
         transforms, _, _ = body.skeleton(anny.pose, anny.transl, coeffs)
         truth = body.fit_keypoints(transforms, coeffs)[:, : len(LIFT_KEYPOINTS)]
         truth = truth @ torch.as_tensor(ANNY_TO_SMPLX_WORLD, dtype=torch.float32).T
-        _, points = skeleton(orient, body_pose, _pelvis_rest().expand(6, 3))
+        _, points = skeleton(orient, body_pose, pelvis_rest().expand(6, 3))
     error = (points - truth).norm(dim=-1)[:, skeleton.mapped]
     names = [n for n, m in zip(LIFT_KEYPOINTS, skeleton.mapped.tolist(), strict=True) if m]
     toes = [i for i, n in enumerate(names) if n.endswith("foot_index")]
@@ -219,8 +219,8 @@ def test_every_hypothesis_of_a_real_annotation_lands_on_it(prior: PosePrior) -> 
     bends backwards (the anatomical limits hold through the refinement)."""
     import json
 
+    from shared.camera import default_camera
     from shared.keypoints.formats import convert
-    from shared.pipeline.mesh_recovery import default_camera
     from shared.settings import get_settings
 
     path = get_settings().data_dir / "keypoints2d/coco_val2017_000000000785_person_keypoints.json"

@@ -395,7 +395,7 @@ def test_missing_egl_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         raise RuntimeError("libEGL.so: cannot open shared object file")
 
     monkeypatch.setattr(moderngl, "create_standalone_context", fail)
-    worker = overlay._GLWorker()  # a fresh worker: the process's own context is untouched
+    worker = overlay.GLWorker()  # a fresh worker: the process's own context is untouched
     try:
         for _ in range(2):  # the failure is remembered, with the same message
             with pytest.raises(RendererUnavailable, match="apt-get install libegl1"):

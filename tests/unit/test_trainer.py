@@ -120,7 +120,7 @@ def trained(mocap_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     env = {k: v for k, v in os.environ.items() if not k.startswith("BODYSERVE_TRITON")}
     env.update(BODYSERVE_TORCH_THREADS="1", COLUMNS="200")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.trainer.train_prior", "prior", *args],
+        [sys.executable, "-m", "services.trainer", "prior", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -175,7 +175,9 @@ def test_the_run_publishes_a_version_with_its_record(trained: TrainedRun) -> Non
     ).is_file()
     version = model_dir / "1"
     assert {"model.py", "prior.pt", "record.json"} <= {p.name for p in version.iterdir()}
-    assert (version / "model.py").read_bytes() == (model_dir / "model.py").read_bytes()
+    # The code is the model's one implementation: a link, not a copy (docs/model_versions.md).
+    assert (version / "model.py").readlink() == Path("..", "model.py")
+    assert (version / "model.py").resolve() == (model_dir / "model.py").resolve()
     assert (version / "prior.pt").read_bytes() == (trained.out / "prior.pt").read_bytes()
 
     record = read_record(version)

@@ -20,15 +20,15 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from services.common.job_info import WebhookDelivery
 from services.common.jobs import JobStatus, JobStore
 from services.common.keys import KeyNotFound, KeyStore
+from services.common.webhook_endpoints import WebhookEndpoint, check_webhook_url
 from services.common.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     AttemptResult,
     DeliveryLog,
-    WebhookEndpoint,
-    check_webhook_url,
     delivery_state,
     http_client,
     job_event,
@@ -38,7 +38,6 @@ from services.common.webhooks import (
     sign,
     verify_signature,
 )
-from services.gateway.schemas import WebhookDelivery
 from shared.settings import REPO_ROOT, Settings
 from tests.conftest import free_port
 

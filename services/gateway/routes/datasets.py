@@ -1,7 +1,7 @@
 """POST /v1/datasets: a synthetic dataset as a job (JSON spec -> WebDataset shards).
 
 The spec is checked here, folders included, so that a bad one is a 422 at once; the job runs
-as chunks on the ``datasets`` queue (:mod:`services.workers.tasks.datasets`). Its progress is on
+as chunks on the ``datasets`` queue (the workers' dataset tasks). Its progress is on
 ``GET /v1/jobs/{id}``; ``DELETE /v1/jobs/{id}`` cancels it; its shards, card and contact sheet
 are its artifacts (``GET /v1/jobs/{id}/artifacts/{name}``; the names are in its result).
 """
@@ -14,9 +14,9 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from services.common.job_info import JobInfo
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import accept_job, job_responses
-from services.gateway.schemas import JobInfo
 from shared.datasets.spec import DatasetSpec, SpecError, check_inputs
 from shared.diffusion.pipelines import DiffusionUnavailable, check_model_dir
 from shared.settings import get_settings

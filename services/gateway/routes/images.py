@@ -14,9 +14,9 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from services.common.job_info import JobInfo
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import accept_job, job_responses
-from services.gateway.schemas import JobInfo
 from shared.diffusion.pipelines import DiffusionUnavailable, check_model_dir
 from shared.schemas.images import ImageGenerateRequest, ImageGenerateResult
 from shared.settings import get_settings

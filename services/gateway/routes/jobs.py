@@ -12,16 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from services.common import broker
+from services.common.job_info import JobInfo
 from services.common.jobs import Job, JobNotFound, JobStatus, JobStore
 from services.common.retention import delete_job
-from services.common.webhooks import delivery_state
+from services.common.webhooks import announce_job_end, delivery_state
 from services.gateway.auth import current_principal
 from services.gateway.deps import artifact_store, job_store
 from services.gateway.errors import ApiError, error_responses
 from services.gateway.jobs_api import job_info, read_job_record
-from services.gateway.schemas import JobInfo
-from services.workers.celery_app import app as celery_app
-from services.workers.tasks.webhooks import announce_job_end
 from shared.schemas.artifacts import artifact_content_type
 from shared.storage import ArtifactNotFound, check_job_id, check_name
 
@@ -120,7 +119,7 @@ def cancel_or_delete_job(job_id: str, request: Request) -> JobInfo | Response:
         delete_job(store, artifact_store(), job_id)
         return Response(status_code=204)
     store.finish(job_id, JobStatus.cancelled, error="cancelled by the client")
-    celery_app.control.revoke(job_id)
+    broker.revoke(job_id)
     announce_job_end(job_id)  # its event, if the job ended (cancelled here, or by its worker)
     record = store.redis.hgetall(JobStore.key(job_id))
     info = job_info(request, store.get(job_id))

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from services.common.job_info import JobInfo
 from services.common.stores import UPLOAD_NAME
 from services.gateway.deps import settings
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import accept_job, job_responses
-from services.gateway.schemas import JobInfo
 from shared.io.images import ImageError, decode_image
 from shared.schemas.artifacts import DEFAULT_OUTPUTS, Output
 from shared.schemas.common import MAX_SEED, setting_limit

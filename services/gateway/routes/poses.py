@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.common.job_info import JobInfo
 from services.gateway.jobs_api import accept_job, job_responses
-from services.gateway.schemas import JobInfo
 from shared.schemas.lifting import PoseLiftRequest, PoseLiftResult
 from shared.schemas.poses import (
     MotionDenoiseRequest,

@@ -15,6 +15,10 @@ chunk numbers cannot count one twice, so the finish is sent exactly when every c
 
 Progress (``GET /v1/jobs/{id}``): the share of images made, and a message with chunks done,
 images per second and the time left. Cancelling the job stops its chunks at their next batch.
+
+The three tasks' names, their queue and the chunk's time limit are the capability table's
+(:mod:`services.capabilities`: ``dataset_generation``, :data:`DATASET_CHUNK`,
+:data:`DATASET_FINISH`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from typing import Any
 from celery import Task, group
 from celery.exceptions import SoftTimeLimitExceeded
 
+from services.capabilities import CAPABILITIES, DATASET_CHUNK, DATASET_FINISH
 from services.common.jobs import JobNotFound, JobStatus, JobStore
 from services.common.stores import artifact_store
+from services.common.webhooks import announce_job_end
 from services.workers.celery_app import app
 from services.workers.lifecycle import (
     TRANSIENT_ERRORS,
@@ -39,21 +45,22 @@ from services.workers.lifecycle import (
     backend,
     worker_job_store,
 )
-from services.workers.tasks.webhooks import announce_job_end
 from shared.datasets.generate import (
     CARD_NAME,
     CONTACT_SHEET_NAME,
     INDEX_NAME,
     DatasetMaker,
 )
+from shared.datasets.sampling import PRIOR_STEPS
 from shared.datasets.spec import DatasetSpec
+from shared.diffusion.loop import depth_painter
+from shared.diffusion.pipelines import load_pipelines
+from shared.prior.registry import default_model_dir, latest_version, read_record, version_dir
+from shared.prior.rows import PriorTask
 from shared.settings import get_settings
 from shared.storage import ArtifactStore
 
 log = logging.getLogger("bodyserve.datasets")
-CHUNK_TASK = "bodyserve.dataset_chunk"
-FINISH_TASK = "bodyserve.dataset_finish"
-QUEUE = "datasets"
 
 
 def chunk_task_id(job_id: str, chunk: int) -> str:
@@ -77,8 +84,6 @@ class JobSink:
 
 
 def _prior_sampler(seeds: Any) -> Any:
-    from shared.datasets.sampling import PRIOR_STEPS
-    from shared.prior.rows import PriorTask
 
     rows = backend().prior(int(PriorTask.GENERATE), None, None, seeds, PRIOR_STEPS, sampler="sde")
     return rows.body_pose
@@ -90,9 +95,6 @@ def _maker(job_id: str, spec_json: str) -> DatasetMaker:
     spec = DatasetSpec.model_validate_json(spec_json)
     painter = None
     if spec.generator == "diffusion":
-        from shared.diffusion.loop import depth_painter
-        from shared.diffusion.pipelines import load_pipelines
-
         assert spec.prompt is not None  # the spec says so
         pipelines = load_pipelines(get_settings().diffusion_model_dir)
         painter = depth_painter(pipelines, spec.prompt, spec.resolution)
@@ -133,7 +135,7 @@ def _retry_options() -> dict[str, Any]:
     }
 
 
-@app.task(name="bodyserve.dataset_generation", **_retry_options())
+@app.task(name=CAPABILITIES["dataset_generation"].task, **_retry_options())
 def dataset_generation(self: Task, job_id: str) -> str:
     store = worker_job_store()
     spec = _spec(store, job_id)
@@ -145,7 +147,7 @@ def dataset_generation(self: Task, job_id: str) -> str:
     # Fixed task ids: a second run of this task sends the same chunks, which find their
     # lease or their shard and return at once.
     group(
-        app.signature(CHUNK_TASK, args=(job_id, chunk), queue=QUEUE).set(
+        app.signature(DATASET_CHUNK.name, args=(job_id, chunk), queue=DATASET_CHUNK.queue).set(
             task_id=chunk_task_id(job_id, chunk)
         )
         for chunk in range(spec.chunks)
@@ -168,9 +170,8 @@ def _report(store: JobStore, job_id: str, spec: DatasetSpec, done: list[int]) ->
 
 
 @app.task(
-    name=CHUNK_TASK,
-    soft_time_limit=get_settings().dataset_chunk_time_limit_s,
-    time_limit=get_settings().dataset_chunk_time_limit_s + 60,
+    name=DATASET_CHUNK.name,
+    **DATASET_CHUNK.time_limits.celery_options(get_settings()),
     **_retry_options(),
 )
 def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
@@ -203,7 +204,12 @@ def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
             if len(done) == spec.chunks and store.redis.set(
                 JobStore.key(job_id, "finishing"), "1", nx=True, ex=get_settings().result_ttl_s
             ):
-                app.send_task(FINISH_TASK, args=(job_id,), task_id=f"{job_id}-fin", queue=QUEUE)
+                app.send_task(
+                    DATASET_FINISH.name,
+                    args=(job_id,),
+                    task_id=f"{job_id}-fin",
+                    queue=DATASET_FINISH.queue,
+                )
         return "made" if report.made else "found"
     except JobCancelled:
         return "cancelled"
@@ -229,7 +235,7 @@ def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
         store.release_lease(lease, owner)
 
 
-@app.task(name=FINISH_TASK, **_retry_options())
+@app.task(name=DATASET_FINISH.name, **_retry_options())
 def dataset_finish(self: Task, job_id: str) -> str:
     store = worker_job_store()
     spec = _spec(store, job_id)
@@ -274,7 +280,6 @@ def _finish(store: JobStore, job_id: str, spec: DatasetSpec) -> str:
 def _prior_record(spec: DatasetSpec) -> dict[str, Any] | None:
     if spec.poses.source != "prior":
         return None
-    from shared.prior.registry import default_model_dir, latest_version, read_record, version_dir
 
     version = latest_version(default_model_dir())
     if version is None:

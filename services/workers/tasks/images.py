@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from celery import Task
 
+from services.capabilities import CAPABILITIES
 from services.workers.lifecycle import JobContext, JobOutput, backend, job_task, run_job
 from shared.diffusion.loop import generate_images
 from shared.diffusion.pipelines import load_pipelines
@@ -18,8 +19,9 @@ from shared.schemas.images import ImageGenerateRequest
 from shared.settings import get_settings
 
 
-# Two diffusion passes per image, up to max_generated_images images: longer than other jobs.
-@job_task("bodyserve.image_generation", get_settings().image_job_time_limit_s)
+# Its own time limit (image_job_time_limit_s): two diffusion passes per image, up to
+# max_generated_images images, take longer than other jobs.
+@job_task(CAPABILITIES["image_generation"])
 def image_generation(self: Task, job_id: str) -> str:
     return run_job(self, job_id, generate)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Task
 
+from services.capabilities import CAPABILITIES
 from services.common.stores import UPLOAD_NAME
 from services.workers.lifecycle import JobContext, JobOutput, backend, job_task, run_job
 from shared.io.images import decode_image, exif_focal_length_px
@@ -12,7 +13,7 @@ from shared.schemas.mesh_recovery import MeshRecoveryOptions
 from shared.settings import get_settings
 
 
-@job_task("bodyserve.mesh_recovery")
+@job_task(CAPABILITIES["mesh_recovery"])
 def mesh_recovery(self: Task, job_id: str) -> str:
     return run_job(self, job_id, recover_photo)
 

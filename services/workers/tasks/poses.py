@@ -14,6 +14,7 @@ from typing import Any
 from celery import Task
 from pydantic import BaseModel
 
+from services.capabilities import CAPABILITIES
 from services.workers.lifecycle import JobContext, JobOutput, backend, job_task, run_job
 from shared.inference.contracts import InferenceBackend
 from shared.pipeline import pose_jobs
@@ -22,22 +23,22 @@ from shared.schemas.lifting import PoseLiftRequest
 from shared.schemas.poses import MotionDenoiseRequest, PoseCompleteRequest, PoseGenerateRequest
 
 
-@job_task("bodyserve.pose_generation")
+@job_task(CAPABILITIES["pose_generation"])
 def pose_generation(self: Task, job_id: str) -> str:
     return run_job(self, job_id, generate)
 
 
-@job_task("bodyserve.pose_completion")
+@job_task(CAPABILITIES["pose_completion"])
 def pose_completion(self: Task, job_id: str) -> str:
     return run_job(self, job_id, complete)
 
 
-@job_task("bodyserve.pose_lifting")
+@job_task(CAPABILITIES["pose_lifting"])
 def pose_lifting(self: Task, job_id: str) -> str:
     return run_job(self, job_id, lift)
 
 
-@job_task("bodyserve.motion_denoising")
+@job_task(CAPABILITIES["motion_denoising"])
 def motion_denoising(self: Task, job_id: str) -> str:
     return run_job(self, job_id, denoise)
 
