@@ -39,6 +39,7 @@ from shared.inference.contracts import (
     LiftOutputs,
     MotionInputs,
     MotionOutputs,
+    PriorInputs,
     PriorRows,
 )
 from shared.inference.wire import (
@@ -248,24 +249,21 @@ class TritonBackend:
 
     # --- pose prior -----------------------------------------------------------------------
 
-    def prior(
-        self,
-        task: int,
-        pose: np.ndarray | None,
-        known: np.ndarray | None,
-        seeds: np.ndarray,
-        steps: int,
-        noise_level: float = 0.0,
-        sampler: str = "ode",
-    ) -> PriorRows:
-        if np.asarray(seeds).size == 0:
+    def prior(self, inputs: PriorInputs) -> PriorRows:
+        if np.asarray(inputs.seeds).size == 0:
             raise ValueError("no rows: give at least one seed")
         rows = pose_prior.PriorRequest.rows(
-            task, seeds, steps, pose=pose, known=known, noise_level=noise_level, sampler=sampler
+            inputs.task,
+            inputs.seeds,
+            inputs.steps,
+            pose=inputs.pose,
+            known=inputs.known,
+            noise_level=inputs.noise_level,
+            sampler=inputs.sampler,
         )
         arrays = pose_prior.pack_request(rows)
-        max_batch, inputs = self._prior_config()
-        if "SAMPLER" in arrays and "SAMPLER" not in inputs:
+        max_batch, served_inputs = self._prior_config()
+        if "SAMPLER" in arrays and "SAMPLER" not in served_inputs:
             raise InferenceError(
                 f"Triton {PRIOR_MODEL}: the served model has no SAMPLER input, so it "
                 f"samples with the ODE only; ask for sampler 'ode'"

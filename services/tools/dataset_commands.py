@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -42,18 +41,10 @@ def generate(
     prior = None
     if spec.poses.source == "prior":
         # The pose prior (torch) loads only for datasets that draw from it.
-        from shared.datasets.sampling import PRIOR_STEPS
+        from shared.datasets.sampling import prior_sampler
         from shared.inference.local import InProcessBackend
-        from shared.prior.rows import PriorTask
 
-        backend = InProcessBackend()
-
-        def prior(seeds: np.ndarray) -> np.ndarray:
-            rows = backend.prior(
-                int(PriorTask.GENERATE), None, None, seeds, PRIOR_STEPS, sampler="sde"
-            )
-            return rows.body_pose
-
+        prior = prior_sampler(InProcessBackend())
     maker = DatasetMaker(spec, prior=prior, cache_dir=get_settings().var_dir / "cache")
     sink = FolderSink(out)
     started = time.perf_counter()

@@ -30,7 +30,9 @@ from shared.bodies.base import ANNY_TO_CAMERA
 from shared.bodies.limits import HINGES, MAX_ANGLE_DEG, limit_violations
 from shared.bodies.smplx_convention import SMPLX_BODY_JOINTS
 from shared.datasets.spec import PHENOTYPES, DatasetSpec
+from shared.inference.contracts import InferenceBackend, PriorInputs
 from shared.mocap.dataset import build_dataset
+from shared.prior.rows import PriorTask
 from shared.storage import write_atomically
 
 PRIOR_STEPS = 25
@@ -38,6 +40,17 @@ MAX_REDRAWS = 6
 
 # Draws a batch of prior samples, one per seed: (B,) int64 seeds -> (B, 21, 3) body_pose.
 PriorSampler = Callable[[np.ndarray], np.ndarray]
+
+
+def prior_sampler(backend: InferenceBackend) -> PriorSampler:
+    """Dataset poses from ``backend``'s pose prior: the SDE sampler (more varied than the ODE),
+    :data:`PRIOR_STEPS` steps, one row per seed."""
+
+    def sample(seeds: np.ndarray) -> np.ndarray:
+        inputs = PriorInputs(int(PriorTask.GENERATE), seeds, PRIOR_STEPS, sampler="sde")
+        return backend.prior(inputs).body_pose
+
+    return sample
 
 
 class Stream(IntEnum):

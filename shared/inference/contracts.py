@@ -76,6 +76,19 @@ class FitOutputs:
 
 
 @dataclass
+class PriorInputs:
+    """B rows for the pose prior, all of one task (SMPL-X convention, axis-angle)."""
+
+    task: int  # a shared.prior.rows.PriorTask code: generate, complete or denoise
+    seeds: np.ndarray  # (B,) int64, one per row
+    steps: int  # sampler steps
+    pose: np.ndarray | None = None  # (B, 21, 3) float32 body_pose (complete, denoise)
+    known: np.ndarray | None = None  # (B, 21) bool, True where the joint is given (complete)
+    noise_level: float = 0.0  # in (0, 1]: how noisy the poses are (denoise)
+    sampler: str = "ode"  # "ode" or "sde" (generate)
+
+
+@dataclass
 class PriorRows:
     """What the pose prior returned for a batch of rows (samples)."""
 
@@ -159,21 +172,9 @@ class InferenceBackend(Protocol):
         """Fit the body model to each person's 2D keypoints (batched over people)."""
         ...
 
-    def prior(
-        self,
-        task: int,
-        pose: np.ndarray | None,
-        known: np.ndarray | None,
-        seeds: np.ndarray,
-        steps: int,
-        noise_level: float = 0.0,
-        sampler: str = "ode",
-    ) -> PriorRows:
-        """Run the pose prior on B rows: ``task`` a ``shared.prior.rows.PriorTask`` code
-        (generate, complete, denoise), ``pose`` (B, 21, 3) SMPL-X body_pose (complete,
-        denoise), ``known`` (B, 21) bool (complete: True where given), ``seeds`` (B,) one per
-        row, ``noise_level`` in (0, 1] (denoise), ``sampler`` "ode" or "sde" (generate). Rows
-        are independent: row r depends only on its own inputs and ``seeds[r]``."""
+    def prior(self, inputs: PriorInputs) -> PriorRows:
+        """Run the pose prior on B rows of one task (generate, complete or denoise). Rows are
+        independent: row r depends only on its own inputs and ``inputs.seeds[r]``."""
         ...
 
     def denoise_motion(self, inputs: MotionInputs) -> MotionOutputs:

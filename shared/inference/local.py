@@ -17,6 +17,7 @@ from shared.inference.contracts import (
     LiftOutputs,
     MotionInputs,
     MotionOutputs,
+    PriorInputs,
     PriorRows,
 )
 from shared.keypoints.formats import PersonKeypoints
@@ -65,28 +66,19 @@ class InProcessBackend:
             self._fitter = BodyFitter()
         return self._fitter(inputs)
 
-    def prior(
-        self,
-        task: int,
-        pose: np.ndarray | None,
-        known: np.ndarray | None,
-        seeds: np.ndarray,
-        steps: int,
-        noise_level: float = 0.0,
-        sampler: str = "ode",
-    ) -> PriorRows:
+    def prior(self, inputs: PriorInputs) -> PriorRows:
         from shared.prior.rows import run_prior_rows  # deferred: see the class
 
         version, prior = self._latest_prior()
         body_pose = run_prior_rows(
             prior,
-            task,
-            pose,
-            known,
-            seeds,
-            steps,
-            noise_level,
-            sampler,  # type: ignore[arg-type]
+            inputs.task,
+            inputs.pose,
+            inputs.known,
+            inputs.seeds,
+            inputs.steps,
+            inputs.noise_level,
+            inputs.sampler,  # type: ignore[arg-type]
         )
         return PriorRows(body_pose=body_pose, version=version)
 

@@ -31,6 +31,7 @@ from shared.inference.contracts import (
     LiftInputs,
     LiftOutputs,
     MotionInputs,
+    PriorInputs,
 )
 from shared.io.exports import export_meshes
 from shared.keypoints.formats import FORMATS
@@ -145,12 +146,9 @@ def generate_poses(
     report(0.05, f"sampling {request.n} pose{'s' if request.n > 1 else ''}")
     started = time.perf_counter()
     rows = backend.prior(
-        PriorTask.GENERATE,
-        None,
-        None,
-        np.asarray(seeds, np.int64),
-        request.steps,
-        sampler=request.sampler,
+        PriorInputs(
+            PriorTask.GENERATE, np.asarray(seeds, np.int64), request.steps, sampler=request.sampler
+        )
     )
     timings["prior"] = _ms(started)
     report(0.6, "expressing the poses")
@@ -190,11 +188,13 @@ def complete_pose(
     report(0.05, f"completing {request.k} hypothes{'es' if request.k > 1 else 'is'}")
     started = time.perf_counter()
     rows = backend.prior(
-        PriorTask.COMPLETE,
-        np.repeat(pose[None], request.k, 0),
-        np.repeat(known[None], request.k, 0),
-        np.asarray(seeds, np.int64),
-        request.steps,
+        PriorInputs(
+            PriorTask.COMPLETE,
+            np.asarray(seeds, np.int64),
+            request.steps,
+            pose=np.repeat(pose[None], request.k, 0),
+            known=np.repeat(known[None], request.k, 0),
+        )
     )
     timings["prior"] = _ms(started)
     # The prior keeps known joints; writing them back makes that exact whatever served it.

@@ -174,14 +174,15 @@ def test_triton_backend_sends_rows_in_chunks_of_max_batch_size(
     """More rows than pose_prior's max_batch_size (256): several requests, one answer, each
     row the same as when asked for alone."""
     from services.common.triton_backend import TritonBackend
+    from shared.inference.contracts import PriorInputs
     from shared.prior.rows import PriorTask
 
     backend = TritonBackend(stack.triton_url)
     seeds = np.arange(300, dtype=np.int64)
-    rows = backend.prior(PriorTask.GENERATE, None, None, seeds, STEPS)
+    rows = backend.prior(PriorInputs(PriorTask.GENERATE, seeds, STEPS))
     assert rows.body_pose.shape == (300, 21, 3)
     assert rows.version == published[1]
-    alone = backend.prior(PriorTask.GENERATE, None, None, seeds[[299]], STEPS)
+    alone = backend.prior(PriorInputs(PriorTask.GENERATE, seeds[[299]], STEPS))
     np.testing.assert_allclose(alone.body_pose[0], rows.body_pose[299], atol=1e-5)
     assert len(np.unique(rows.body_pose.round(4), axis=0)) == 300
 

@@ -52,7 +52,8 @@ def test_every_task_of_the_table_is_registered_and_routed(worker_app: Celery) ->
     for name, queue in expected.items():
         assert _queue_of(worker_app, name) == queue, name
     assert {q.name for q in worker_app.conf.task_queues} == set(ALL_QUEUES)
-    assert list(worker_app.conf.include) == list(TASK_MODULES)
+    # The task modules, then the worker process's start and stop hooks.
+    assert list(worker_app.conf.include) == [*TASK_MODULES, "services.workers.process"]
 
 
 def test_job_tasks_and_leases(worker_app: Celery) -> None:

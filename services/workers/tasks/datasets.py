@@ -51,12 +51,11 @@ from shared.datasets.generate import (
     INDEX_NAME,
     DatasetMaker,
 )
-from shared.datasets.sampling import PRIOR_STEPS
+from shared.datasets.sampling import prior_sampler
 from shared.datasets.spec import DatasetSpec
 from shared.diffusion.loop import depth_painter
 from shared.diffusion.pipelines import load_pipelines
 from shared.prior.registry import default_model_dir, latest_version, read_record, version_dir
-from shared.prior.rows import PriorTask
 from shared.settings import get_settings
 from shared.storage import ArtifactStore
 
@@ -83,12 +82,6 @@ class JobSink:
         return self.artifacts.exists(self.job_id, name)
 
 
-def _prior_sampler(seeds: Any) -> Any:
-
-    rows = backend().prior(int(PriorTask.GENERATE), None, None, seeds, PRIOR_STEPS, sampler="sde")
-    return rows.body_pose
-
-
 @lru_cache(maxsize=4)
 def _maker(job_id: str, spec_json: str) -> DatasetMaker:
     """One maker per dataset and worker process: mocap poses and backgrounds are read once."""
@@ -99,7 +92,10 @@ def _maker(job_id: str, spec_json: str) -> DatasetMaker:
         pipelines = load_pipelines(get_settings().diffusion_model_dir)
         painter = depth_painter(pipelines, spec.prompt, spec.resolution)
     return DatasetMaker(
-        spec, prior=_prior_sampler, cache_dir=get_settings().var_dir / "cache", painter=painter
+        spec,
+        prior=prior_sampler(backend()),
+        cache_dir=get_settings().var_dir / "cache",
+        painter=painter,
     )
 
 
