@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+# Matched whole (fullmatch): "$" would also accept a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_JOB_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
 
 
 class ArtifactNotFound(KeyError):
@@ -24,7 +25,7 @@ class ArtifactNotFound(KeyError):
 
 def check_name(name: str) -> str:
     """An artifact name: letters, digits, '.', '_', '-'; no path separators, no leading dot."""
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(f"invalid artifact name {name!r}")
     return name
 
@@ -42,8 +43,14 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def resolves_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``'s real location (links followed) lies inside ``folder``'s: a file of a
+    user's input folder that links elsewhere must not bring in data from outside it."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def check_job_id(job_id: str) -> str:
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"invalid job id {job_id!r}")
     return job_id
 

@@ -35,6 +35,15 @@ from redis.retry import Retry
 PREFIX = "bodyserve:"
 DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LEASE_TTL_S = 10
+# A dataset job's chunk bookkeeping (services/workers/tasks/datasets.py): the chunks made, and
+# the claim of the chunk that sends the finish.
+CHUNKS_DONE = "chunks_done"
+FINISHING = "finishing"
+# Every key a job may have besides its record (``job:<id>``): deleting a job deletes them all.
+JOB_KEY_SUFFIXES = ("result", "done", "runs", "lease", CHUNKS_DONE, FINISHING)
+# What a deleted job leaves, for as long as an idempotency key may still name it: so that a
+# replay of its request knows the job is gone (and submits anew) rather than still coming.
+DELETED = "deleted"
 HEARTBEAT_S = 3.0
 # Backoff of a client that rides out Redis outages: 0.2, 0.4, 0.8, 1.6, then 2 s per retry.
 OUTAGE_BACKOFF_BASE_S = 0.1

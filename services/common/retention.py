@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from services.common.jobs import PREFIX, JobStore
+from services.common.jobs import DELETED, JOB_KEY_SUFFIXES, PREFIX, JobStore
 from shared.settings import Settings, get_settings
 from shared.storage import ArtifactStore, LocalArtifactStore, check_job_id
 
@@ -34,9 +34,6 @@ LOCK_KEY = f"{PREFIX}cleanup:lock"
 CHECK_EVERY_S = 60.0
 # Records checked per Redis round trip.
 BATCH = 500
-# A job's keys besides its record (``job:<id>``), as services.common.jobs names them; a test
-# checks that no key of a deleted job is left.
-JOB_KEY_SUFFIXES = ("result", "done", "runs", "lease")
 
 
 @dataclass(frozen=True)
@@ -162,10 +159,17 @@ def run_periodic_cleanup(stop: threading.Event, holder: str) -> None:
             return
 
 
-def delete_job(store: JobStore, artifacts: ArtifactStore, job_id: str) -> None:
+def delete_job(
+    store: JobStore, artifacts: ArtifactStore, job_id: str, tombstone_s: int | None = None
+) -> None:
     """Delete an ended job now: its artifacts (upload included), then its record, result and
-    other keys. The caller checks that the job has ended and is the caller's."""
+    other keys, leaving a tombstone (``job:<id>:deleted``) for ``tombstone_s`` (default: the
+    idempotency keys' lifetime). The caller checks that the job has ended and is the caller's."""
     artifacts.delete_job(job_id)
-    store.redis.delete(
-        JobStore.key(job_id), *(JobStore.key(job_id, suffix) for suffix in JOB_KEY_SUFFIXES)
-    )
+    ttl_s = get_settings().idempotency_ttl_s if tombstone_s is None else tombstone_s
+    with store.redis.pipeline() as pipe:
+        pipe.delete(
+            JobStore.key(job_id), *(JobStore.key(job_id, suffix) for suffix in JOB_KEY_SUFFIXES)
+        )
+        pipe.set(JobStore.key(job_id, DELETED), "1", ex=max(1, ttl_s))
+        pipe.execute()

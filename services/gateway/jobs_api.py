@@ -23,6 +23,7 @@ from services.capabilities import CAPABILITIES
 from services.common import broker
 from services.common.job_info import JobInfo
 from services.common.jobs import (
+    DELETED,
     OPEN_OWNER,
     Job,
     JobNotFound,
@@ -283,7 +284,11 @@ async def _submit_once(submission: _Submission, key: str) -> tuple[Job, bool]:
         try:
             return await run_in_threadpool(job_store().get, existing.job_id), True
         except JobNotFound:
-            pass  # its first try is creating it right now, or failed and will release the key
+            # Its first try is creating it right now, or failed and will release the key; or
+            # the job was deleted (DELETE), which forgets its key too: submit anew.
+            if await async_redis().exists(JobStore.key(existing.job_id, DELETED)):
+                await keys.release(principal.id, key, existing)
+                continue
         if time.monotonic() > deadline:
             raise ApiError(
                 409,

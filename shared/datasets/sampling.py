@@ -33,7 +33,7 @@ from shared.datasets.spec import PHENOTYPES, DatasetSpec
 from shared.inference.contracts import InferenceBackend, PriorInputs
 from shared.mocap.dataset import build_dataset
 from shared.prior.rows import PriorTask
-from shared.storage import write_atomically
+from shared.storage import resolves_inside, write_atomically
 
 PRIOR_STEPS = 25
 MAX_REDRAWS = 6
@@ -202,11 +202,15 @@ def draw_poses(
     return poses.astype(np.float32)
 
 
+def _usable(path: Path, folder: Path) -> bool:
+    return path.is_file() and resolves_inside(path, folder)
+
+
 def _folder_fingerprint(folder: Path) -> str:
     """A hash of the pose files under ``folder`` (names, sizes, modification times)."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in (".bvh", ".npz"):
+        if path.suffix.lower() in (".bvh", ".npz") and _usable(path, folder):
             stat = path.stat()
             digest.update(
                 f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
@@ -226,7 +230,7 @@ def mocap_body_poses(folder: Path, cache_dir: Path) -> np.ndarray:
     cache = Path(cache_dir) / f"mocap-poses-{_folder_fingerprint(folder)}.npy"
     if cache.is_file():
         return np.asarray(np.load(cache))  # a .npy file: one array (np.load may give an npz)
-    poses = np.asarray(build_dataset(folder).body_pose, dtype=np.float32)
+    poses = np.asarray(build_dataset(folder, inside_only=True).body_pose, dtype=np.float32)
     buffer = io.BytesIO()
     np.save(buffer, poses)
     write_atomically(cache, buffer.getvalue())

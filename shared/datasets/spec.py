@@ -258,27 +258,40 @@ class DatasetSpec(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# The longest file or folder name most file systems allow (NAME_MAX), in bytes.
+MAX_NAME_BYTES = 255
+
+
 def resolve_input_folder(relative: str, what: str, root: Path | None = None) -> Path:
     """``relative`` under the dataset input folder, checked: inside it, a readable folder.
 
     Raises :class:`SpecError` with a message naming the setting otherwise.
     """
     base = Path(root or get_settings().dataset_inputs_path).resolve()
+    if not relative.isprintable() or any(
+        len(part.encode()) > MAX_NAME_BYTES for part in relative.split("/")
+    ):
+        # Before the file system sees it: a NUL byte or an over-long name is an OSError there.
+        raise SpecError(
+            f"{what} must be a folder name of printable characters, each part of the path at "
+            f"most {MAX_NAME_BYTES} bytes"
+        )
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise SpecError(
             f"{what} {relative!r} must be a folder name relative to the dataset input folder "
             "(BODYSERVE_DATASET_INPUT_DIR), without '..'"
         )
-    folder = (base / candidate).resolve()
-    if not folder.is_relative_to(base):
-        raise SpecError(f"{what} {relative!r} leads outside the dataset input folder")
-    if not folder.is_dir():
-        raise SpecError(
-            f"{what} {relative!r} is not a folder under the dataset input folder {base} "
-            "(BODYSERVE_DATASET_INPUT_DIR)"
-        )
     try:
+        folder = (base / candidate).resolve()
+        if not folder.is_relative_to(base):
+            raise SpecError(f"{what} {relative!r} leads outside the dataset input folder")
+        if not folder.is_dir():
+            # The message names the setting, not the server's path.
+            raise SpecError(
+                f"{what} {relative!r} is not a folder under the dataset input folder "
+                "(BODYSERVE_DATASET_INPUT_DIR)"
+            )
         next(folder.iterdir(), None)
     except OSError as exc:
         raise SpecError(f"{what} {relative!r} cannot be read: {exc.strerror}") from exc
@@ -293,6 +306,7 @@ def check_inputs(spec: DatasetSpec, root: Path | None = None) -> None:
         assert spec.backgrounds.folder is not None
         folder = resolve_input_folder(spec.backgrounds.folder, "backgrounds.folder", root)
         try:
-            BackgroundFolder(folder)  # scans it as the workers will: images, readable headers
+            # Scans it as the workers will: images, readable headers.
+            BackgroundFolder(folder, shown_as=repr(spec.backgrounds.folder))
         except BackgroundError as exc:
             raise SpecError(str(exc)) from exc

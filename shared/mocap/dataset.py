@@ -47,6 +47,7 @@ from shared.bodies.skeleton import BodySkeleton, mirror_body_pose
 from shared.mocap.amass import read_amass
 from shared.mocap.bvh import read_bvh
 from shared.mocap.retarget import BODY_JOINTS, BodyMotion, Retargeter
+from shared.storage import resolves_inside
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +492,7 @@ def build_dataset(
     progress: Callable[[int, int, str], None] | None = None,
     skeleton: BodySkeleton | None = None,
     cleaning: CleaningConfig = CleaningConfig(),
+    inside_only: bool = False,
 ) -> PoseDataset:
     """Build the pose dataset from every ``.bvh`` and AMASS ``.npz`` under ``data_dir``.
 
@@ -499,6 +501,8 @@ def build_dataset(
         fps: the common frame rate every clip is resampled to.
         valid_subjects: subjects (as in :func:`subject_of`) whose frames form the "valid" split.
         progress: called as ``progress(done, total, relative_path)`` after each file.
+        inside_only: skip files whose real path (links followed) leaves ``data_dir`` (a
+            dataset's input folder, named by a request, never reads data from elsewhere).
         skeleton: the body to retarget onto (default: Anny's neutral body).
         cleaning: thresholds of the cleaning steps.
 
@@ -510,7 +514,7 @@ def build_dataset(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _build(data_dir, fps, valid_subjects, progress, skeleton, cleaning)
+        return _build(data_dir, fps, valid_subjects, progress, skeleton, cleaning, inside_only)
     finally:
         torch.set_num_threads(threads)
 
@@ -522,6 +526,7 @@ def _build(
     progress: Callable[[int, int, str], None] | None,
     skeleton: BodySkeleton | None,
     cleaning: CleaningConfig,
+    inside_only: bool,
 ) -> PoseDataset:
 
     data_dir = Path(data_dir)
@@ -530,7 +535,11 @@ def _build(
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     files = sorted(
-        p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".bvh", ".npz")
+        p
+        for p in data_dir.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in (".bvh", ".npz")
+        and (not inside_only or resolves_inside(p, data_dir))
     )
     if not files:
         raise ValueError(f"no .bvh or .npz files under {data_dir}")

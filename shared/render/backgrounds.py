@@ -26,6 +26,8 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from shared.storage import resolves_inside
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "BackgroundError",
@@ -196,27 +198,37 @@ class BackgroundFolder:
     Checks the folder when created: it must exist, be readable and hold at least one image
     (by suffix, :data:`IMAGE_SUFFIXES`), and every image's header must be readable; otherwise
     :class:`BackgroundError` says which and what to do. ``cache_size`` decoded images are
-    kept, each downscaled so that its shorter side is at most ``max_side`` pixels.
+    kept, each downscaled so that its shorter side is at most ``max_side`` pixels. Messages
+    name the folder as ``shown_as`` (a request's relative name: never the server's path).
     """
 
     def __init__(
-        self, folder: str | os.PathLike[str], *, cache_size: int = 32, max_side: int = 1024
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        cache_size: int = 32,
+        max_side: int = 1024,
+        shown_as: str | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self._shown = shown_as or str(self.folder)
         self.max_side = int(max_side)
         self._cache_size = int(cache_size)
         self._cache: OrderedDict[int, Image.Image] = OrderedDict()
         self._lock = threading.Lock()
         self.paths = self._scan()
 
+    def _error(self, message: str) -> BackgroundError:
+        return BackgroundError(message.replace(str(self.folder), self._shown))
+
     def _scan(self) -> list[Path]:
         folder = self.folder
         if not folder.exists():
-            raise BackgroundError(f"background folder {folder} does not exist")
+            raise self._error(f"background folder {folder} does not exist")
         if not folder.is_dir():
-            raise BackgroundError(f"background folder {folder} is not a folder")
+            raise self._error(f"background folder {folder} is not a folder")
         if not os.access(folder, os.R_OK | os.X_OK):
-            raise BackgroundError(
+            raise self._error(
                 f"background folder {folder} cannot be read (permission denied): "
                 "make it readable by this user"
             )
@@ -229,14 +241,15 @@ class BackgroundFolder:
         for root, dirs, files in os.walk(folder, onerror=on_error):
             dirs.sort()
             paths += [
-                Path(root) / name for name in sorted(files) if name.lower().endswith(IMAGE_SUFFIXES)
+                Path(root) / name
+                for name in sorted(files)
+                if name.lower().endswith(IMAGE_SUFFIXES)
+                and resolves_inside(Path(root) / name, folder)  # no links out of the folder
             ]
         if errors:
-            raise BackgroundError(
-                f"background folder {folder} cannot be read: {'; '.join(errors[:5])}"
-            )
+            raise self._error(f"background folder {folder} cannot be read: {'; '.join(errors[:5])}")
         if not paths:
-            raise BackgroundError(
+            raise self._error(
                 f"background folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
                 "add some, or use procedural backgrounds"
             )
@@ -250,7 +263,7 @@ class BackgroundFolder:
             except Exception as exc:  # PIL raises many types for broken files
                 bad.append(f"{path.name} ({type(exc).__name__}: {exc})")
         if bad:
-            raise BackgroundError(
+            raise self._error(
                 f"{len(bad)} of the {len(paths)} images in background folder {folder} cannot "
                 f"be read: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. "
                 "Remove or replace them."

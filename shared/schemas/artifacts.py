@@ -39,10 +39,10 @@ DATASET_FILES = {
     "contact_sheet.png": "image/png",
 }
 # Shards and their sidecars: <name>-<6 digits>.tar / .json (shared.datasets.spec.shard_name).
-_DATASET_SHARD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*-\d{6}\.(tar|json)$")
+_DATASET_SHARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*-\d{6}\.(tar|json)")
 # Image generation: per image i, image-<i>.png, its ControlNet depth-<i>.png and, when it was
 # regenerated, the first pass first-<i>.png (shared.diffusion.schemas).
-_GENERATED_IMAGE = re.compile(r"^(image|depth|first)-\d{3}\.png$")
+_GENERATED_IMAGE = re.compile(r"(image|depth|first)-\d{3}\.png")
 
 
 def artifact_content_type(capability: str, name: str) -> str | None:
@@ -51,12 +51,12 @@ def artifact_content_type(capability: str, name: str) -> str | None:
     if capability == "dataset_generation":
         if name in DATASET_FILES:
             return DATASET_FILES[name]
-        match = _DATASET_SHARD.match(name)
+        match = _DATASET_SHARD.fullmatch(name)  # whole: "$" would accept a trailing newline
         if match:
             return "application/x-tar" if match.group(1) == "tar" else "application/json"
         return None
     if capability == "image_generation":
-        return "image/png" if _GENERATED_IMAGE.match(name) else None
+        return "image/png" if _GENERATED_IMAGE.fullmatch(name) else None
     return CONTENT_TYPES.get(name)
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from services.tools.local_stack import CELERY_APP
 from shared.datasets.check import check_sample
 from shared.datasets.shards import iter_samples
+from shared.settings import get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +163,9 @@ def test_cancelling_a_dataset_stops_it(local_stack) -> None:  # type: ignore[no-
         ({"backgrounds": {"source": "folder", "folder": "no-such-folder"}}, "not a folder"),
         ({"backgrounds": {"source": "folder", "folder": "../etc"}}, "without '..'"),
         ({"backgrounds": {"source": "folder", "folder": "mocap"}}, "holds no images"),
+        # Once answered 500 (the file system's "embedded null byte" and ENAMETOOLONG).
+        ({"backgrounds": {"source": "folder", "folder": "a\u0000b"}}, "printable characters"),
+        ({"poses": {"source": "mocap", "folder": "x" * 256}}, "at most 255 bytes"),
         ({"shapes": {"ranges": {"age": [0.9, 0.1]}}}, "low <= high"),
         ({"camera": {"fov_deg": [10, 170]}}, "camera.fov_deg"),
         ({"colour": "blue"}, "colour"),
@@ -172,6 +176,8 @@ def test_bad_specs_get_a_422_that_says_what_to_fix(local_stack, change, message)
     reply = httpx.post(f"{local_stack.base_url}/v1/datasets", json=spec, timeout=30)
     assert reply.status_code == 422, reply.text
     assert message in reply.json()["detail"], reply.json()
+    # What to fix, never where the server keeps its data.
+    assert str(get_settings().dataset_inputs_path.resolve()) not in reply.text
 
 
 def test_diffusion_without_weights_is_a_503_naming_the_setting(local_stack) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ jobs a key created. Where a finished job is needed, the test ends it through the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,3 +167,25 @@ def test_refused_submission_releases_the_key(
     assert retried.status_code == 202, retried.text
     assert "idempotent-replayed" not in retried.headers
     assert jobs_of(store, key.id) == {retried.json()["id"]}
+
+
+def test_a_key_whose_job_was_deleted_submits_anew(
+    gateway: Gateway, keys: KeyStore, store: JobStore
+) -> None:
+    key, token = keys.create("tidy client")
+    first = post(gateway, token, "order-7")
+    assert first.status_code == 202, first.text
+    job_id = first.json()["id"]
+    assert store.finish(job_id, JobStatus.succeeded, result={"poses": []})
+    deleted = httpx.delete(f"{gateway.url}/v1/jobs/{job_id}", headers=bearer(token), timeout=30)
+    assert deleted.status_code == 204, deleted.text
+    # Once answered 409 "still being processed" after a 10 s wait, for the key's 24 hours.
+    started = time.monotonic()
+    again = post(gateway, token, "order-7")
+    assert again.status_code == 202, again.text
+    assert time.monotonic() - started < 5
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["id"] != job_id
+    assert jobs_of(store, key.id) == {again.json()["id"]}
+    # The key is bound to the new job now: a repeat replays it.
+    assert post(gateway, token, "order-7").json()["id"] == again.json()["id"]

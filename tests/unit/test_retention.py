@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.common.jobs import JobStatus, JobStore
+from services.common.jobs import CHUNKS_DONE, DELETED, FINISHING, JobStatus, JobStore
 from services.common.retention import (
     LOCK_KEY,
     cleanup,
@@ -21,7 +21,7 @@ from services.common.retention import (
     delete_job,
     run_periodic_cleanup,
 )
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 from shared.storage import LocalArtifactStore
 
 HOUR = 3600.0
@@ -124,8 +124,6 @@ def test_periodic_loop_runs_and_stops(
     monkeypatch.setenv("BODYSERVE_ARTIFACT_DIR", str(artifacts.root))
     monkeypatch.setenv("BODYSERVE_CLEANUP_INTERVAL_S", "1")
     monkeypatch.setenv("BODYSERVE_CLEANUP_GRACE_S", "0")
-    from shared.settings import get_settings
-
     get_settings.cache_clear()
     try:
         orphan = _folder(artifacts, str(uuid.uuid4()), age_s=5)
@@ -150,9 +148,15 @@ def test_delete_job_removes_files_record_and_result(
     folder = _folder(artifacts, job.id)
     store.start(job.id, "a worker")  # the whole life cycle, so every key a job has is there
     store.finish(job.id, JobStatus.succeeded, result={"people": []})
+    # A dataset job's chunk bookkeeping too (it outlived DELETE for the result's 7 days).
+    store.redis.sadd(JobStore.key(job.id, CHUNKS_DONE), 0, 1)
+    store.redis.set(JobStore.key(job.id, FINISHING), "1")
     other = store.create("mesh_recovery", {})
     assert len(list(store.redis.scan_iter(f"{JobStore.key(job.id)}*"))) >= 3
     delete_job(store, artifacts, job.id)
     assert not folder.exists()
-    assert list(store.redis.scan_iter(f"{JobStore.key(job.id)}*")) == [], "a key was left"
+    # Nothing but the tombstone that tells a replayed Idempotency-Key its job is gone.
+    left = {str(k) for k in store.redis.scan_iter(f"{JobStore.key(job.id)}*")}
+    assert left == {JobStore.key(job.id, DELETED)}, "a key was left"
+    assert 0 < store.redis.ttl(JobStore.key(job.id, DELETED)) <= get_settings().idempotency_ttl_s
     assert store.get(other.id).status is JobStatus.queued

@@ -34,7 +34,7 @@ from celery import Task, group
 from celery.exceptions import SoftTimeLimitExceeded
 
 from services.capabilities import CAPABILITIES, DATASET_CHUNK, DATASET_FINISH
-from services.common.jobs import JobNotFound, JobStatus, JobStore
+from services.common.jobs import CHUNKS_DONE, FINISHING, JobNotFound, JobStatus, JobStore
 from services.common.stores import artifact_store
 from services.common.webhooks import announce_job_end
 from services.workers.celery_app import app
@@ -175,7 +175,7 @@ def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
     spec = _spec(store, job_id)
     if spec is None:
         return "ended"
-    done_key = JobStore.key(job_id, "chunks_done")
+    done_key = JobStore.key(job_id, CHUNKS_DONE)
     if store.redis.sismember(done_key, str(chunk)):
         return "done before"
     lease, owner = chunk_task_id(job_id, chunk), _worker_name(self)
@@ -198,7 +198,7 @@ def dataset_chunk(self: Task, job_id: str, chunk: int) -> str:
             log.info("chunk %s of %s: %s in %.1f s", chunk, job_id, report.made, report.seconds)
             _report(store, job_id, spec, done)
             if len(done) == spec.chunks and store.redis.set(
-                JobStore.key(job_id, "finishing"), "1", nx=True, ex=get_settings().result_ttl_s
+                JobStore.key(job_id, FINISHING), "1", nx=True, ex=get_settings().result_ttl_s
             ):
                 app.send_task(
                     DATASET_FINISH.name,
