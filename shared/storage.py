@@ -7,6 +7,7 @@ its job's folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -41,6 +42,15 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's contents (hex), read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolves_inside(path: Path, folder: Path) -> bool:

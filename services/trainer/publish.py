@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -67,6 +66,7 @@ from shared.prior.registry import (
 )
 from shared.prior.rows import PriorTask, run_prior_rows
 from shared.settings import REPO_ROOT
+from shared.storage import file_sha256
 
 PRIOR_DEPENDENT_MODELS: tuple[str, ...] = ("body_fit", "motion_denoise")
 """Triton models that read the newest prior when they load: reloaded after a publish (when
@@ -107,14 +107,6 @@ class PublishResult:
     triton_url: str | None = None
     served_version: int | None = None  # the version Triton reports READY (None: no Triton)
     reloaded: list[str] = field(default_factory=list)  # Triton models loaded again, in order
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _utc_now() -> dt.datetime:

@@ -47,7 +47,7 @@ from shared.bodies.skeleton import BodySkeleton, mirror_body_pose
 from shared.mocap.amass import read_amass
 from shared.mocap.bvh import read_bvh
 from shared.mocap.retarget import BODY_JOINTS, BodyMotion, Retargeter
-from shared.storage import resolves_inside
+from shared.storage import file_sha256, resolves_inside
 
 log = logging.getLogger(__name__)
 
@@ -455,14 +455,6 @@ def subject_of(relative: str, manifest_row: dict[str, str] | None = None) -> str
     return path.parent.name or path.stem
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _software_version() -> str:
     try:
         return f"bodyserve {version('bodyserve')}, mocap dataset v{DATASET_VERSION}"
@@ -556,7 +548,7 @@ def _build(
     hashes = []
     for done, path in enumerate(files, 1):
         relative = path.relative_to(data_dir).as_posix()
-        hashes.append(f"{relative}\t{_sha256(path)}")
+        hashes.append(f"{relative}\t{file_sha256(path)}")
         try:
             motion = _load_motion(path, retargeter)
             row = manifest.get(relative)
