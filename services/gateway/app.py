@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, params
 from fastapi.routing import APIRoute
 
 from services.gateway import errors
-from services.gateway.auth import authenticate
+from services.gateway.auth import KeyCheck, authenticate
 from services.gateway.deps import job_store, settings
 from services.gateway.errors import error_responses
 from services.gateway.limits import MULTIPART_OVERHEAD_BYTES, BodyLimit, BodySizeLimit
@@ -59,8 +59,10 @@ def create_app() -> FastAPI:
     registry.register(RedisJobCollector(job_store()))
 
     # Pure ASGI middlewares, the last added outermost: metrics see every answer, the body
-    # limit refuses oversized bodies before authentication and routing.
+    # limit refuses oversized bodies before authentication and routing, and the key check
+    # refuses a request without a valid key before its body is read.
     config = settings()
+    app.add_middleware(KeyCheck, prefix="/v1")
     app.add_middleware(
         BodySizeLimit,
         default=BodyLimit(

@@ -8,12 +8,15 @@ job is needed, the test ends it through the job store, as a worker would.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,3 +273,79 @@ def test_open_mode_needs_no_key(open_gateway: Gateway, gateway: Gateway, keys: K
     assert httpx.get(f"{gateway.url}/v1/jobs/{own}", headers=bearer(token)).status_code == 404
     assert "open mode" in open_gateway.log.read_text()
     assert "open mode" not in gateway.log.read_text()
+
+
+def _answer_to_announced_body(gateway: Gateway, headers: dict[str, str]) -> bytes:
+    """Announce a 15 MB JSON body, send its first kilobyte only, and read what comes back
+    (b"" when the gateway waits for the rest of the body instead of answering)."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    lines = [
+        "POST /v1/poses/lift HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {15 * 2**20}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + b"[" + b"0," * 512)
+        try:
+            return conn.recv(65536)
+        except TimeoutError:
+            return b""
+
+
+def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(
+    gateway: Gateway, keys: KeyStore
+) -> None:
+    # Once the gateway read and parsed the whole body (16 MB of JSON: 1.7 s each) first.
+    for headers in ({}, bearer("bsk_nope_nope"), {"Authorization": "Basic dXNlcjpwYXNz"}):
+        answer = _answer_to_announced_body(gateway, headers)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert b"www-authenticate: Bearer" in answer.lower().replace(b"bearer", b"Bearer")
+    # A valid key is let through to read the body (which never comes): no early answer.
+    _, token = keys.create("patient client")
+    assert _answer_to_announced_body(gateway, bearer(token)) == b""
+
+
+def test_a_flood_of_large_bodies_without_a_key_leaves_other_keys_served(
+    gateway: Gateway, keys: KeyStore
+) -> None:
+    """4 clients send 15 MB JSON bodies without a key for 6 s (each once took 1.7 s of the
+    gateway's event loop to parse before its 401); meanwhile another key's status reads stay
+    fast and are never refused."""
+    _, token = keys.create("bystander")
+    job = submit(gateway, token).json()["id"]
+    host, port = gateway.url.removeprefix("http://").split(":")
+    body = b"[" + b"0," * (15 * 2**19 - 1) + b"0]"  # 15 MiB of JSON
+    head = (
+        f"POST /v1/poses/lift HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    stop = time.monotonic() + 6
+    sent = 0
+
+    def flood() -> None:
+        nonlocal sent
+        while time.monotonic() < stop:
+            sent += 1
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                # Refused and closed mid-body (what the fix does): the rest cannot be sent.
+                with contextlib.suppress(OSError):
+                    conn.sendall(head + body)
+                with contextlib.suppress(OSError):
+                    conn.recv(64)  # the 401, unless the close reset the connection first
+
+    latencies, statuses = [], []
+    with ThreadPoolExecutor(4) as pool, httpx.Client(headers=bearer(token), timeout=30) as c:
+        floods = [pool.submit(flood) for _ in range(4)]
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            statuses.append(c.get(f"{gateway.url}/v1/jobs/{job}").status_code)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+        for f in floods:
+            f.result()
+    assert sent >= 4
+    assert set(statuses) == {200}, statuses
+    p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))]
+    assert p99 < 0.1, f"status read p99 {p99 * 1000:.0f} ms during the flood"

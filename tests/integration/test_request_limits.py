@@ -150,10 +150,12 @@ class Offered:
             "multipart/form-data; boundary=b",
             b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n',
             UPLOAD_LIMIT,
-            False,
+            True,
         ),
+        # Without a key nothing of the body is read at all: 401 from the headers.
+        ("/v1/poses/generate", "application/json", b'{"n": 1', JSON_LIMIT, False),
     ],
-    ids=["json", "multipart, no key"],
+    ids=["json", "multipart", "json, no key"],
 )
 def test_a_chunked_body_is_cut_off_at_the_limit(
     gateway: GatewayOnly, path: str, content_type: str, prefix: bytes, limit: int, with_key: bool
@@ -162,6 +164,11 @@ def test_a_chunked_body_is_cut_off_at_the_limit(
     headers = {"Content-Type": content_type, **(gateway.auth if with_key else {})}
     with httpx.Client(base_url=gateway.url, timeout=120) as client:
         reply = client.post(path, content=offered, headers=headers)
+    if not with_key:
+        assert reply.status_code == 401, reply.text
+        assert reply.headers["connection"] == "close"
+        assert offered.taken < limit, "the body was read before the key was checked"
+        return
     assert reply.status_code == 413, reply.text
     assert reply.headers["connection"] == "close"
     assert f"larger than the {limit} bytes this route accepts" in reply.json()["detail"]
